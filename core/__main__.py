@@ -1,0 +1,5 @@
+import sys
+
+from coinfer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The wireless channel emulator on the device->server byte path."""
