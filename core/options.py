@@ -1,0 +1,25 @@
+"""Command-line options that several coinfer commands share, spelled the same everywhere."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, rho_help: str) -> None:
+    """Options both halves take, spelled the same on both."""
+    parser.add_argument("--model", default="minilm",
+                        help="minilm (embedded all-MiniLM-L6-v2), a local checkpoint folder, or "
+                             "random:bert-base|random:bart-base|random:bert-tiny|random:bart-tiny "
+                             "(default: %(default)s)")
+    parser.add_argument("--split", type=int, default=3,
+                        help="split point k: the device runs blocks 1..k (default: %(default)s)")
+    parser.add_argument("--rho", type=float, default=1.0, help=rho_help)
+    parser.add_argument("--prune-method", default="magnitude", choices=["magnitude", "random"],
+                        help="unstructured pruning of the linear weights (default: %(default)s)")
+    parser.add_argument("--epoch", type=int, default=0,
+                        help="plan epoch; device and server must agree (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of random-weight models and random pruning (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: all cores)")
+    parser.add_argument("--max-message-mb", type=int, default=256,
+                        help="largest gRPC message accepted and sent, MiB (default: %(default)s)")

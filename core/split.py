@@ -1,0 +1,220 @@
+"""Cutting a model after block k: the device half and the server half, each built on its own.
+
+Blocks are numbered 1..L in the paper and 0..L-1 here. At split point k the device holds the embedding
+stage and blocks [0, k); the server holds blocks [k, L) and what follows: pooling into a sentence
+embedding (BERT family) or BART's decoder and `generate`. k = 0 sends token ids (the server embeds);
+for BERT, k = L computes everything on the device. Only the modules of one half are ever built, and
+they are filled from the checkpoint by canonical name (coinfer.models), so a process holds only its
+half of the weights.
+
+The modules are transformers' own classes (embeddings, encoder layers, BART's generation model), and
+the attention mask is made by the same function transformers' models use, so a split computes what
+the whole model computes.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+import torch
+from torch import nn
+
+from coinfer.errors import UsageError
+from coinfer.models import ModelSource
+
+OUTPUT_SENTENCE_EMBEDDING = "sentence_embedding"
+OUTPUT_GENERATED_TOKENS = "generated_tokens"
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Greedy (or beam) decoding limits; 0 means the model's own default."""
+
+    max_new_tokens: int = 0
+    num_beams: int = 0
+    min_new_tokens: int = 0
+
+    def kwargs(self) -> dict:
+        out = {"do_sample": False}
+        for key in ("max_new_tokens", "num_beams", "min_new_tokens"):
+            if getattr(self, key):
+                out[key] = int(getattr(self, key))
+        return out
+
+
+def _with(config, **changes):
+    changed = copy.deepcopy(config)
+    for key, value in changes.items():
+        setattr(changed, key, value)
+    return changed
+
+
+def _prepare_config(src: ModelSource):
+    """The config with its attention implementation settled (see ModelSource.skeleton)."""
+    src.skeleton  # noqa: B018 - building the skeleton is what settles it
+    return src.config
+
+
+class EmbeddingStage(nn.Module):
+    """Token ids -> the hidden states that enter block 0."""
+
+    def __init__(self, src: ModelSource):
+        super().__init__()
+        config = _prepare_config(src)
+        self.family = src.family
+        if src.family == "bart":
+            from transformers.models.bart.modeling_bart import BartEncoder
+
+            # An encoder with no layers is exactly BART's embedding stage (scaled tokens + positions + norm).
+            self.embed = BartEncoder(_with(config, encoder_layers=0))
+        else:
+            self.embed = type(src.skeleton.embeddings)(config)
+        src.load_into(self.embed, src.embedding_prefix)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.family == "bart":
+            return self.embed(input_ids=input_ids).last_hidden_state
+        return self.embed(input_ids=input_ids)
+
+
+def build_embedding_stage(src: ModelSource) -> EmbeddingStage:
+    return EmbeddingStage(src)
+
+
+def build_block(src: ModelSource, i: int) -> nn.Module:
+    config = _prepare_config(src)
+    layers = src.skeleton.encoder.layers if src.family == "bart" else src.skeleton.encoder.layer
+    block = type(layers[0])(config, layer_idx=i)
+    return src.load_into(block, src.block_prefix(i))
+
+
+def build_generator(src: ModelSource) -> nn.Module:
+    """BART's decoder, shared embedding and LM head, as a generation model whose encoder is empty.
+
+    The encoder's blocks run in EncoderSegment; `generate` is fed their output as `encoder_outputs`.
+    """
+    from transformers import BartForConditionalGeneration, GenerationConfig
+
+    config = _prepare_config(src)
+    model = BartForConditionalGeneration(_with(config, encoder_layers=0))
+    src.load_into(model)
+    if src.folder is not None and (src.folder / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(str(src.folder), local_files_only=True)
+    return model
+
+
+def make_attention_mask(src: ModelSource, hidden: torch.Tensor, attention_mask: torch.Tensor):
+    """The blocks' mask from a [batch, seq] 0/1 mask, made as transformers' own encoders make it."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    return create_bidirectional_mask(config=src.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+
+class EncoderSegment(nn.Module):
+    """Blocks [start, stop), optionally preceded by the embedding stage."""
+
+    def __init__(self, src: ModelSource, start: int, stop: int, with_embedding: bool):
+        super().__init__()
+        self.src = src
+        self.start, self.stop = start, stop
+        self.embedding = build_embedding_stage(src) if with_embedding else None
+        self.blocks = nn.ModuleList(build_block(src, i) for i in range(start, stop))
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.embedding(x) if self.embedding is not None else x
+        if len(self.blocks):
+            mask = make_attention_mask(self.src, hidden, attention_mask)
+            for block in self.blocks:
+                out = block(hidden, mask)
+                hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def linear_layers(self) -> dict[str, nn.Linear]:
+        """Canonical name -> Linear, for every prunable weight of this segment."""
+        found = {}
+        for offset, block in enumerate(self.blocks):
+            prefix = self.src.block_prefix(self.start + offset)
+            for name, module in block.named_modules():
+                if isinstance(module, nn.Linear):
+                    found[prefix + name] = module
+        return found
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
+    """Sentence embedding from token states, as sentence-transformers' Pooling (+ Normalize) modules do."""
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    else:
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    return nn.functional.normalize(pooled, p=2, dim=1) if normalize else pooled
+
+
+def check_split(src: ModelSource, k: int) -> int:
+    if not isinstance(k, int) or not 0 <= k <= src.num_blocks:
+        raise UsageError(f"split point {k!r} is out of range for {src.name}: choose 0..{src.num_blocks}")
+    return k
+
+
+class DevicePart(nn.Module):
+    """Embedding stage and blocks [0, k). For a BERT-family model at k = L it also pools, so the
+    device answers alone."""
+
+    def __init__(self, src: ModelSource, k: int):
+        super().__init__()
+        self.src, self.k = src, check_split(src, k)
+        self.segment = EncoderSegment(src, 0, k, with_embedding=k > 0) if k > 0 else None
+        self.runs_alone = src.family == "bert" and k == src.num_blocks
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states after block k ([batch, seq, hidden]); k = 0: the token ids unchanged; and
+        when the device runs alone, the final output."""
+        if self.segment is None:
+            return input_ids
+        hidden = self.segment(input_ids, attention_mask)
+        if self.runs_alone:
+            return pool(hidden, attention_mask, self.src.pooling.mode, self.src.pooling.normalize)
+        return hidden
+
+    def linear_layers(self) -> dict[str, nn.Linear]:
+        return self.segment.linear_layers() if self.segment is not None else {}
+
+
+class ServerPart(nn.Module):
+    """Blocks [k, L) and the head (pooling, or BART's decoder and generation)."""
+
+    def __init__(self, src: ModelSource, k: int):
+        super().__init__()
+        self.src, self.k = src, check_split(src, k)
+        self.segment = EncoderSegment(src, k, src.num_blocks, with_embedding=k == 0)
+        self.generator = build_generator(src) if src.family == "bart" else None
+        self.output_kind = OUTPUT_GENERATED_TOKENS if self.generator is not None else OUTPUT_SENTENCE_EMBEDDING
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor,
+                generation: GenerationOptions = GenerationOptions()) -> torch.Tensor:
+        hidden = self.segment(x, attention_mask)
+        if self.generator is None:
+            return pool(hidden, attention_mask, self.src.pooling.mode, self.src.pooling.normalize)
+        return generate_from_encoder(self.generator, hidden, attention_mask, generation)
+
+    def linear_layers(self) -> dict[str, nn.Linear]:
+        found = self.segment.linear_layers()
+        if self.generator is not None:
+            found.update(decoder_linear_layers(self.generator))
+        return found
+
+
+def decoder_linear_layers(generation_model: nn.Module) -> dict[str, nn.Linear]:
+    """The decoder's Linear layers (not lm_head: it is the tied token embedding)."""
+    return {name: module for name, module in generation_model.named_modules()
+            if isinstance(module, nn.Linear) and name.startswith("model.decoder.")}
+
+
+def generate_from_encoder(model, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                          options: GenerationOptions) -> torch.Tensor:
+    from transformers.modeling_outputs import BaseModelOutput
+
+    return model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                          attention_mask=attention_mask, **options.kwargs())

@@ -1,0 +1,105 @@
+"""`coinfer device`: run the device half on sentences and print the server's answers."""
+from __future__ import annotations
+
+import argparse
+
+from coinfer.options import add_model_arguments
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "device", help="run the device half (embedding + blocks 1..k) against a server",
+        description="Tokenise sentences (arguments, --file, or one per line on stdin), run the embedding "
+                    "and blocks 1..k pruned to --rho, stream the hidden states to the server and print "
+                    "its answers: sentence embeddings (BERT family) or generated text (BART).")
+    parser.add_argument("sentences", nargs="*", help="input sentences (default: --file, else stdin)")
+    parser.add_argument("--file", help="read sentences from this file, one per line")
+    parser.add_argument("--server", default="127.0.0.1:50051",
+                        help="server (or channel emulator) address HOST:PORT (default: %(default)s)")
+    add_model_arguments(parser, "remaining-parameter ratio of the device half, in (0, 1] (default: 1)")
+    parser.add_argument("--codec", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
+                        help="activation codec on the wire (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="sentences per request (default: %(default)s)")
+    parser.add_argument("--max-length", type=int, default=0,
+                        help="truncate inputs to this many tokens (default: the model's limit)")
+    parser.add_argument("--max-new-tokens", type=int, default=32,
+                        help="BART: tokens to generate at most (default: %(default)s)")
+    parser.add_argument("--timeout-s", type=float, default=120.0, help="per-request deadline (default: %(default)s)")
+    parser.add_argument("--unary", action="store_true", help="one unary call per request instead of a stream")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per sentence (full embedding or tokens, and timings)")
+    parser.set_defaults(func=run)
+
+
+def _read_sentences(args: argparse.Namespace) -> list[str]:
+    import sys
+
+    if args.sentences:
+        return list(args.sentences)
+    if args.file:
+        with open(args.file, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip()]
+    if sys.stdin.isatty():
+        from coinfer.errors import UsageError
+
+        raise UsageError("give sentences as arguments, with --file, or on stdin")
+    return [line.strip() for line in sys.stdin if line.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    import torch
+
+    from coinfer.device.client import InferenceError
+    from coinfer.device.runtime import DeviceRuntime
+    from coinfer.errors import UsageError
+    from coinfer.models import resolve_model
+    from coinfer.split import GenerationOptions
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    sentences = _read_sentences(args)
+    src = resolve_model(args.model, seed=args.seed)
+    runtime = DeviceRuntime(src, args.split, args.rho, args.prune_method, args.server, args.codec, args.epoch,
+                            args.max_length or None, GenerationOptions(max_new_tokens=args.max_new_tokens),
+                            args.max_message_mb * 1024 * 1024, args.timeout_s, not args.unary)
+    try:
+        runtime.connect()
+        for start in range(0, len(sentences), args.batch_size):
+            chunk = sentences[start:start + args.batch_size]
+            result = runtime.infer(chunk)
+            texts = _decode_texts(src, result) if result.output_kind == "generated_tokens" else None
+            for row, sentence in enumerate(chunk):
+                values = result.output[row]
+                if args.json:
+                    record = {"sentence": sentence, "request_id": result.request_id,
+                              "output_kind": result.output_kind, "output": values.tolist(),
+                              "end_to_end_ms": result.end_to_end_s * 1e3, "bytes_sent": result.bytes_sent}
+                    if texts is not None:
+                        record["text"] = texts[row]
+                    print(json.dumps(record), flush=True)
+                elif texts is not None:
+                    print(f"{sentence}\t=> {texts[row]!r}", flush=True)
+                else:
+                    head = ", ".join(f"{v:+.4f}" for v in values[:4].tolist())
+                    print(f"{sentence}\t=> [{head}, ...] dim={values.numel()} norm={values.norm():.4f}", flush=True)
+            print(f"[device] request {result.request_id[:8]}: {len(chunk)} sentences, "
+                  f"{result.end_to_end_s * 1e3:.1f} ms end to end, {result.bytes_sent} bytes sent",
+                  file=sys.stderr, flush=True)
+    except InferenceError as exc:
+        print(f"coinfer device: server refused the request: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.close()
+    return 0
+
+
+def _decode_texts(src, result) -> list[str] | None:
+    """Generated text for real checkpoints; random-weight models only have token ids worth printing."""
+    if src.is_random:
+        return [" ".join(map(str, row.tolist())) for row in result.output]
+    return src.tokenizer.batch_decode(result.output, skip_special_tokens=True)

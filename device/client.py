@@ -1,0 +1,162 @@
+"""The device's connection to the server: one long-lived bidirectional stream, replies matched by id.
+
+A stream avoids a unary call's per-request setup (measured here: 5.9 ms against 9.75 ms for 3.1 MB
+over loopback). Requests are written from a queue by gRPC's own thread; a reader thread resolves the
+future waiting for each reply. If the stream breaks, every waiting request fails with the stream's
+status and the next request opens a new stream.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+
+import grpc
+
+from coinfer.protos import coinfer_pb2 as pb
+from coinfer.protos import coinfer_pb2_grpc as pb_grpc
+from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, message_options
+
+_CLOSE = object()
+
+
+class InferenceError(Exception):
+    """The server refused or failed a request; `code` is the grpc.StatusCode."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _status_code(value: int) -> grpc.StatusCode:
+    return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
+
+
+class _Stream:
+    def __init__(self, stub: pb_grpc.CoInferenceStub):
+        self.outbox: queue.Queue = queue.Queue()
+        self.pending: dict[str, Future] = {}
+        self.lock = threading.Lock()
+        self.broken: grpc.RpcError | None = None
+        self.call = stub.InferStream(iter(self.outbox.get, _CLOSE))
+        self.reader = threading.Thread(target=self._read, name="coinfer-stream-reader", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        try:
+            for reply in self.call:
+                with self.lock:
+                    future = self.pending.pop(reply.request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        except grpc.RpcError as exc:
+            self.broken = exc
+        finally:
+            with self.lock:
+                waiting, self.pending = list(self.pending.values()), {}
+                if self.broken is None:
+                    self.broken = _ClosedStream()
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(InferenceError(_code_of(self.broken), _details_of(self.broken)))
+
+    def submit(self, request: pb.InferRequest) -> Future:
+        future: Future = Future()
+        with self.lock:
+            if self.broken is not None:
+                raise InferenceError(_code_of(self.broken), _details_of(self.broken))
+            self.pending[request.request_id] = future
+        self.outbox.put(request)
+        return future
+
+    def forget(self, request_id: str) -> None:
+        with self.lock:
+            self.pending.pop(request_id, None)
+
+    def close(self) -> None:
+        self.outbox.put(_CLOSE)
+        self.call.cancel()
+
+
+class _ClosedStream(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "the server closed the stream"
+
+
+def _code_of(exc: grpc.RpcError) -> grpc.StatusCode:
+    return exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+
+
+def _details_of(exc: grpc.RpcError) -> str:
+    return (exc.details() if hasattr(exc, "details") else str(exc)) or "stream failed"
+
+
+class InferenceClient:
+    """Calls the CoInference service at `address` over one channel (stream or unary calls)."""
+
+    def __init__(self, address: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 timeout_s: float = 60.0, use_stream: bool = True):
+        self.address = address
+        self.timeout_s = timeout_s
+        self.use_stream = use_stream
+        self.channel = grpc.insecure_channel(address, options=message_options(max_message_bytes))
+        self.stub = pb_grpc.CoInferenceStub(self.channel)
+        self._stream: _Stream | None = None
+        self._stream_lock = threading.Lock()
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise InferenceError(grpc.StatusCode.UNAVAILABLE,
+                                 f"no server reachable at {self.address} after {timeout_s:.0f} s") from None
+
+    def info(self) -> pb.ServerInfo:
+        try:
+            return self.stub.Info(pb.InfoRequest(), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise InferenceError(exc.code(), exc.details()) from None
+
+    def _open_stream(self) -> _Stream:
+        with self._stream_lock:
+            if self._stream is None or self._stream.broken is not None:
+                self._stream = _Stream(self.stub)
+            return self._stream
+
+    def infer(self, request: pb.InferRequest, timeout_s: float | None = None) -> pb.InferReply:
+        """The server's reply; raises InferenceError for a refused, failed or timed-out request."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        if not self.use_stream:
+            try:
+                reply = self.stub.Infer(request, timeout=timeout_s)
+            except grpc.RpcError as exc:
+                raise InferenceError(exc.code(), exc.details()) from None
+        else:
+            stream = self._open_stream()
+            future = stream.submit(request)
+            try:
+                reply = future.result(timeout=timeout_s)
+            except FutureTimeout:
+                stream.forget(request.request_id)
+                raise InferenceError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                     f"no reply to {request.request_id} within {timeout_s} s") from None
+        if reply.HasField("error"):
+            raise InferenceError(_status_code(reply.error.code), reply.error.message)
+        return reply
+
+    def close(self) -> None:
+        with self._stream_lock:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+        self.channel.close()
+
+    def __enter__(self) -> "InferenceClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,60 @@
+"""`coinfer server`: serve the server half of a split model over gRPC."""
+from __future__ import annotations
+
+import argparse
+
+from coinfer.options import add_model_arguments
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "server", help="serve the server half (blocks k+1..L and the head) over gRPC",
+        description="Load blocks k+1..L of the model and its head (pooling, or BART's decoder), prune "
+                    "them to --rho, and serve device requests over gRPC until SIGTERM. Prints one line, "
+                    "'listening on HOST:PORT', to stdout once ready.")
+    add_model_arguments(parser, "remaining-parameter ratio of the server half, in (0, 1] (default: 1)")
+    parser.add_argument("--listen", default="127.0.0.1:50051",
+                        help="address to bind; port 0 picks a free port (default: %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when present, else CPU), cpu, or cuda:N (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads (default: %(default)s)")
+    parser.add_argument("--grace-s", type=float, default=10.0,
+                        help="on SIGTERM, time allowed for in-flight requests (default: %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+
+    import torch
+
+    from coinfer.errors import UsageError
+    from coinfer.models import resolve_model
+    from coinfer.pruning import check_method, check_ratio
+    from coinfer.server.app import serve_until_signalled, start_server
+    from coinfer.server.half import ServerHalf
+    from coinfer.split import check_split
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        check_ratio(args.rho, "--rho")
+        check_method(args.prune_method)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    src = resolve_model(args.model, seed=args.seed)
+    check_split(src, args.split)
+    print(f"[server] loading blocks {args.split + 1}..{src.num_blocks} of {src.name} ...", file=sys.stderr, flush=True)
+    half = ServerHalf(src, args.split, args.rho, args.prune_method, args.epoch, args.device)
+    try:
+        server, port, health_servicer = start_server(half, args.listen, args.max_message_mb * 1024 * 1024,
+                                                     args.workers)
+    except (OSError, RuntimeError) as exc:
+        raise UsageError(f"--listen {args.listen}: {exc}") from None
+    host = args.listen.rpartition(":")[0]
+    print(f"listening on {host}:{port}", flush=True)
+    logging.getLogger(__name__).info("serving %s k=%d rho=%.3f on %s", src.name, args.split, args.rho, half.device)
+    serve_until_signalled(server, health_servicer, args.grace_s)
+    print("[server] stopped", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,160 @@
+"""The CoInference gRPC service: validate a request, run the server half, answer.
+
+Every refusal carries the right status code and a message that names the field. Inside
+`InferStream` a failed request is answered with an `error` reply and the stream stays open, so one
+bad request never costs a device its other requests.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+import torch
+
+from coinfer.codecs import WireError, decode, encode
+from coinfer.protos import coinfer_pb2 as pb
+from coinfer.protos import coinfer_pb2_grpc as pb_grpc
+from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES
+from coinfer.server.half import ServerHalf
+from coinfer.split import OUTPUT_GENERATED_TOKENS, GenerationOptions
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 256
+MAX_NEW_TOKENS = 1024
+MAX_BEAMS = 16
+
+
+class RequestError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+class CoInferenceService(pb_grpc.CoInferenceServicer):
+    def __init__(self, half: ServerHalf, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_batch: int = MAX_BATCH):
+        self.half = half
+        self.max_message_bytes = max_message_bytes
+        self.max_batch = max_batch
+
+    # --- validation --------------------------------------------------------------------------
+    def _inputs(self, request: pb.InferRequest) -> tuple[torch.Tensor, torch.Tensor, GenerationOptions]:
+        src, plan = self.half.src, self.half.plan
+        if not request.request_id:
+            raise _invalid("request_id: required (a retry re-sends the same id)")
+        if not request.model_id:
+            raise _invalid("model_id: required")
+        if request.model_id != src.name:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"model_id: this server holds {src.name!r}, not {request.model_id!r}")
+        if request.split_point != plan.split:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"split_point: request was computed for k={request.split_point}, "
+                               f"this server holds k={plan.split} (plan epoch {plan.epoch})")
+        if request.plan_epoch != plan.epoch:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"plan_epoch: request has epoch {request.plan_epoch}, "
+                               f"this server holds epoch {plan.epoch} (k={plan.split})")
+        expected = "input_ids" if plan.split == 0 else "hidden_states"
+        payload = request.WhichOneof("payload")
+        if payload != expected:
+            raise _invalid(f"{expected}: required at split point k={plan.split}"
+                           + (f" (got {payload})" if payload else ""))
+        if not request.HasField("attention_mask"):
+            raise _invalid("attention_mask: required")
+
+        max_positions = int(getattr(src.config, "max_position_embeddings", 512))
+        limit = self.max_batch * max_positions * max(src.hidden_size, 1)
+        try:
+            x = decode(getattr(request, payload), payload, max_elements=limit)
+            mask = decode(request.attention_mask, "attention_mask", max_elements=self.max_batch * max_positions)
+        except WireError as exc:
+            raise _invalid(str(exc)) from None
+
+        if payload == "hidden_states":
+            if x.dim() != 3 or x.shape[-1] != src.hidden_size:
+                raise _invalid(f"hidden_states.shape: expected [batch, seq, {src.hidden_size}], got {list(x.shape)}")
+            if not x.is_floating_point():
+                raise _invalid("hidden_states.dtype: must be a float type")
+            x = x.float()
+            if not torch.isfinite(x).all():
+                raise _invalid("hidden_states: contains NaN or Inf")
+        else:
+            if x.dim() != 2 or x.is_floating_point() or x.dtype == torch.bool:
+                raise _invalid(f"input_ids: expected integer [batch, seq], got {x.dtype} {list(x.shape)}")
+            x = x.long()
+            vocab = int(src.config.vocab_size)
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
+                raise _invalid(f"input_ids: token ids must be in [0, {vocab})")
+        batch, seq = x.shape[0], x.shape[1]
+        if batch == 0 or seq == 0:
+            raise _invalid(f"{payload}.shape: empty batch or sequence {list(x.shape)}")
+        if batch > self.max_batch:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"{payload}.shape: batch {batch} exceeds this server's limit {self.max_batch}")
+        if seq > max_positions:
+            raise _invalid(f"{payload}.shape: sequence length {seq} exceeds the model's {max_positions}")
+        if list(mask.shape) != [batch, seq]:
+            raise _invalid(f"attention_mask.shape: expected [{batch}, {seq}], got {list(mask.shape)}")
+        if mask.is_floating_point():
+            raise _invalid("attention_mask.dtype: must be an integer or bool type")
+        mask = mask.long()
+        if ((mask != 0) & (mask != 1)).any():
+            raise _invalid("attention_mask: values must be 0 or 1")
+        if (mask.sum(dim=1) == 0).any():
+            raise _invalid("attention_mask: every sequence needs at least one token")
+
+        options = request.generate
+        if options.max_new_tokens > MAX_NEW_TOKENS:
+            raise _invalid(f"generate.max_new_tokens: at most {MAX_NEW_TOKENS}")
+        if options.num_beams > MAX_BEAMS:
+            raise _invalid(f"generate.num_beams: at most {MAX_BEAMS}")
+        if options.max_new_tokens and options.min_new_tokens > options.max_new_tokens:
+            raise _invalid("generate.min_new_tokens: must not exceed max_new_tokens")
+        generation = GenerationOptions(options.max_new_tokens, options.num_beams, options.min_new_tokens)
+        return x, mask, generation
+
+    # --- serving -----------------------------------------------------------------------------
+    def _answer(self, request: pb.InferRequest) -> pb.InferReply:
+        received = time.perf_counter()
+        x, mask, generation = self._inputs(request)
+        decoded = time.perf_counter()
+        try:
+            out, queued_s, compute_s = self.half.run(x, mask, generation)
+        except Exception as exc:  # a bug or resource failure in the model: report, keep serving
+            log.exception("request %s failed in the model", request.request_id)
+            raise RequestError(grpc.StatusCode.INTERNAL, f"model failed: {type(exc).__name__}: {exc}") from None
+        if self.half.output_kind != OUTPUT_GENERATED_TOKENS:
+            out = out.float()
+        return pb.InferReply(
+            request_id=request.request_id, plan_epoch=self.half.plan.epoch, output=encode(out),
+            timing=pb.ServerTiming(queue_s=queued_s, compute_s=compute_s, decode_s=decoded - received,
+                                   batch_size=1))
+
+    def Infer(self, request, context):
+        try:
+            return self._answer(request)
+        except RequestError as exc:
+            context.abort(exc.code, exc.message)
+
+    def InferStream(self, request_iterator, context):
+        for request in request_iterator:
+            try:
+                yield self._answer(request)
+            except RequestError as exc:
+                yield pb.InferReply(request_id=request.request_id, plan_epoch=self.half.plan.epoch,
+                                    error=pb.Error(code=exc.code.value[0], message=exc.message))
+
+    def Info(self, request, context):
+        plan, src = self.half.plan, self.half.src
+        return pb.ServerInfo(model_id=src.name, family=src.family, num_blocks=src.num_blocks,
+                             split_point=plan.split, plan_epoch=plan.epoch, rho=plan.rho,
+                             prune_method=plan.method, device=str(self.half.device),
+                             max_message_bytes=self.max_message_bytes, output_kind=self.half.output_kind)

@@ -1,0 +1,50 @@
+"""The `coinfer` command as a user runs it: help, the demo, and clear errors."""
+import json
+import subprocess
+import sys
+
+
+def coinfer(*args, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, "-m", "coinfer", *args], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def test_help_lists_the_commands():
+    out = coinfer("--help")
+    assert out.returncode == 0
+    for command in ("server", "device", "demo"):
+        assert command in out.stdout
+
+
+def test_demo_json_matches_the_whole_model():
+    out = coinfer("demo", "--json", "--requests", "4", "--batch-size", "2", "--split", "4", "--rho", "0.6")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["requests"] == 4 and summary["ok"] == 4
+    assert summary["max_abs_diff_vs_monolithic"] <= 1e-5
+    assert 0 < summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
+    assert summary["bytes_sent"] > 4 * 2 * 384 * 4  # four requests of fp32 hidden states at least
+
+
+def test_demo_table_has_a_row_per_request():
+    out = coinfer("demo", "--requests", "3", "--model", "random:bert-tiny", "--split", "1")
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line[:3].strip().isdigit()]
+    assert len(rows) == 3
+    assert "3/3 ok" in out.stdout
+
+
+def test_bad_split_point_is_a_usage_error():
+    out = coinfer("server", "--split", "9", "--listen", "127.0.0.1:0")
+    assert out.returncode == 2
+    assert "0..6" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_ratio_is_a_usage_error():
+    out = coinfer("server", "--rho", "1.5", "--listen", "127.0.0.1:0")
+    assert out.returncode == 2 and "--rho" in out.stderr
+
+
+def test_unknown_model_is_a_usage_error():
+    out = coinfer("device", "--model", "/no/such/folder", "hello")
+    assert out.returncode == 2 and "never downloads" in out.stderr
