@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "coinfer.server.cli",
     "coinfer.device.cli",
     "coinfer.demo",
+    "coinfer.planner.cli",
 ]
 
 
