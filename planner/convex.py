@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -30,6 +31,10 @@ from coinfer.planner.scenario import Fixes, Scenario
 
 # Clarabel's defaults are 1e-8; a little tighter keeps 0.5 % agreement when D is tiny (rd_bound).
 _CLARABEL = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-9, "tol_feas": 1e-9, "max_iter": 200}
+
+# cvxpy warns when a solve is 'optimal_inaccurate'; every point is re-checked by the plain formulas,
+# so the warning only adds noise (a process-wide filter: catch_warnings is not thread-safe).
+warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
 
 _cache: dict[tuple, "_Convex"] = {}
 _cache_lock = threading.Lock()

@@ -6,7 +6,6 @@ and a System (or a plain dict, parsed strictly).
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 
 from coinfer.errors import UsageError
@@ -20,15 +19,12 @@ def solve(scn: Scenario, solver: str = "convex") -> Solution:
     """P1 at this scenario's split point with `solver` (convex: global optimum; sca: the paper's)."""
     if scn.scheme not in P1_SCHEMES:
         raise UsageError(f"scheme {scn.scheme!r} fixes the split point; solve a split sweep (coinfer plan)")
-    with warnings.catch_warnings():
-        # cvxpy warns on 'optimal_inaccurate'; such points are re-checked by the plain formulas anyway
-        warnings.simplefilter("ignore", UserWarning)
-        if solver == "convex":
-            from coinfer.planner.convex import solve_convex
-            return solve_convex(scn)
-        if solver == "sca":
-            from coinfer.planner.sca import solve_sca
-            return solve_sca(scn)
+    if solver == "convex":
+        from coinfer.planner.convex import solve_convex
+        return solve_convex(scn)
+    if solver == "sca":
+        from coinfer.planner.sca import solve_sca
+        return solve_sca(scn)
     raise UsageError(f"--solver: unknown solver {solver!r} (one of {', '.join(SOLVERS)})")
 
 
@@ -60,8 +56,11 @@ class SweepResult:
 
 
 def _better(a: Solution, b: Solution, scale: float) -> bool:
-    """Is a better than b: lower distortion; within solver accuracy a tie, broken by energy then delay."""
-    tol = 1e-6 * max(abs(a.distortion), abs(b.distortion)) + 1e-12 * scale
+    """Is a better than b: lower distortion; within solver accuracy a tie, broken by energy then delay.
+
+    Ties: 1e-6 relative, or 1e-9 of the model's whole L1 mass (what ratios a hair below 1 leave).
+    """
+    tol = 1e-6 * max(abs(a.distortion), abs(b.distortion)) + 1e-9 * scale
     if abs(a.distortion - b.distortion) > tol:
         return a.distortion < b.distortion
     return (a.energy_j, a.delay_s) < (b.energy_j, b.delay_s)
