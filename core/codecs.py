@@ -5,7 +5,9 @@ Data is raw little-endian bytes in C order. Codecs trade bytes for precision on 
 * ``fp32`` (RAW) — exact: the tensor's own dtype and values;
 * ``fp16`` / ``bf16`` — half the bytes;
 * ``int8`` — per-token absmax: each row of the last dimension is scaled to [-127, 127] with one float32
-  scale, a quarter of the bytes plus 4 bytes per token.
+  scale, a quarter of the bytes plus 4 bytes per token;
+* ``int4`` — per-group absmax: groups of `INT4_GROUP_SIZE` consecutive elements of a row are scaled to
+  [-7, 7] with one float16 scale and packed two values per byte (about 4.5 bits per element).
 
 Decoding checks everything it is given (dtype, shape, byte length, scales) and raises
 `WireError(field, message)`, which the server turns into INVALID_ARGUMENT naming the field.
@@ -19,8 +21,9 @@ import torch
 
 from coinfer.protos import coinfer_pb2 as pb
 
-CODECS = ("fp32", "fp16", "bf16", "int8")
-CODEC_ENUM = {"fp32": pb.RAW, "fp16": pb.FP16, "bf16": pb.BF16, "int8": pb.INT8_PER_TOKEN}
+CODECS = ("fp32", "fp16", "bf16", "int8", "int4")
+CODEC_ENUM = {"fp32": pb.RAW, "fp16": pb.FP16, "bf16": pb.BF16, "int8": pb.INT8_PER_TOKEN, "int4": pb.INT4_GROUP}
+INT4_GROUP_SIZE = 64
 CODEC_NAME = {v: k for k, v in CODEC_ENUM.items()}
 
 # wire dtype enum <-> (numpy little-endian dtype for the bytes, torch dtype)
@@ -46,9 +49,17 @@ class WireError(ValueError):
         self.field = field
 
 
-def codec_bits_per_element(codec: str) -> float:
-    """Bits on the wire per activation element, scales excluded."""
-    return {"fp32": 32.0, "fp16": 16.0, "bf16": 16.0, "int8": 8.0}[codec]
+def codec_bits_per_element(codec: str, row_length: int = 0) -> float:
+    """Bits on the wire per activation element, scales included when `row_length` (the last
+    dimension) is given."""
+    if codec == "int8":
+        return 8.0 + (32.0 / row_length if row_length else 0.0)
+    if codec == "int4":
+        if not row_length:
+            return 4.0
+        groups = -(-row_length // INT4_GROUP_SIZE)
+        return (groups * INT4_GROUP_SIZE * 4 + groups * 16) / row_length
+    return {"fp32": 32.0, "fp16": 16.0, "bf16": 16.0}[codec]
 
 
 def _raw_bytes(tensor: torch.Tensor) -> bytes:
@@ -64,7 +75,10 @@ def encode(tensor: torch.Tensor, codec: str = "fp32") -> pb.Tensor:
         raise TypeError(f"cannot send dtype {tensor.dtype}")
     logical = _TORCH_TO_ENUM[tensor.dtype]
     shape = list(tensor.shape)
-    if not tensor.is_floating_point() or codec == "fp32":  # fp32 = no lossy codec: the values as they are
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    # fp32 means no lossy codec: the values as they are. An empty tensor has nothing to compress.
+    if not tensor.is_floating_point() or codec == "fp32" or tensor.numel() == 0:
         return pb.Tensor(dtype=logical, shape=shape, data=_raw_bytes(tensor), codec=pb.RAW,
                          logical_dtype=logical)
     if codec == "fp16":
@@ -79,7 +93,41 @@ def encode(tensor: torch.Tensor, codec: str = "fp32") -> pb.Tensor:
         quantised = torch.round(values / scales).clamp_(-127, 127).to(torch.int8)
         return pb.Tensor(dtype=pb.INT8, shape=shape, data=_raw_bytes(quantised), codec=pb.INT8_PER_TOKEN,
                          logical_dtype=logical, scales=_raw_bytes(scales.reshape(-1)))
+    if codec == "int4":
+        return _encode_int4(tensor, logical, shape)
     raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+
+
+def _int4_groups(shape: list[int], group_size: int) -> tuple[int, int]:
+    """(rows, groups per row) of an int4 tensor: rows of the last dimension, padded to whole groups."""
+    row = shape[-1]
+    rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
+    return rows, -(-row // group_size) if row else 0
+
+
+def _encode_int4(tensor: torch.Tensor, logical: int, shape: list[int]) -> pb.Tensor:
+    rows, groups = _int4_groups(shape, INT4_GROUP_SIZE)
+    values = tensor.float().reshape(rows, shape[-1])
+    padded = torch.nn.functional.pad(values, (0, groups * INT4_GROUP_SIZE - shape[-1])).reshape(rows, groups, INT4_GROUP_SIZE)
+    scales = (padded.abs().amax(-1, keepdim=True) / 7.0).clamp(min=1e-8).half()
+    codes = (torch.round(padded / scales.float()).clamp_(-7, 7) + 8).to(torch.uint8).reshape(-1)
+    packed = codes[0::2] | (codes[1::2] << 4)  # even elements in the low nibble
+    return pb.Tensor(dtype=pb.UINT8, shape=shape, data=_raw_bytes(packed), codec=pb.INT4_GROUP,
+                     logical_dtype=logical, scales=_raw_bytes(scales.reshape(-1)), group_size=INT4_GROUP_SIZE)
+
+
+def _decode_int4(msg: pb.Tensor, shape: list[int], target: torch.dtype, field: str) -> torch.Tensor:
+    if msg.group_size == 0 or msg.group_size % 2 or msg.group_size > 4096:
+        raise WireError(f"{field}.group_size", "must be an even number in 2..4096")
+    rows, groups = _int4_groups(shape, msg.group_size)
+    padded = rows * groups * msg.group_size
+    packed = _array(msg.data, pb.UINT8, padded // 2, field)
+    scales = _array(msg.scales, pb.FLOAT16, rows * groups, f"{field}.scales").float()
+    if not torch.isfinite(scales).all() or (scales < 0).any():
+        raise WireError(f"{field}.scales", "scales must be finite and non-negative")
+    codes = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(rows, groups, msg.group_size)
+    values = (codes.float() - 8.0) * scales.reshape(rows, groups, 1)
+    return values.reshape(rows, -1)[:, : shape[-1]].reshape(shape).to(target)
 
 
 def _array(data: bytes, dtype_enum: int, count: int, field: str) -> torch.Tensor:
@@ -112,7 +160,8 @@ def decode(msg: pb.Tensor, field: str = "tensor", max_elements: int | None = Non
         if logical != msg.dtype:
             raise WireError(f"{field}.logical_dtype", "must equal dtype for the RAW codec")
         return _array(msg.data, msg.dtype, count, field).reshape(shape)
-    expected = {pb.FP16: pb.FLOAT16, pb.BF16: pb.BFLOAT16, pb.INT8_PER_TOKEN: pb.INT8}.get(codec)
+    expected = {pb.FP16: pb.FLOAT16, pb.BF16: pb.BFLOAT16, pb.INT8_PER_TOKEN: pb.INT8,
+                pb.INT4_GROUP: pb.UINT8}.get(codec)
     if expected is None:
         raise WireError(f"{field}.codec", f"codec {codec} is not supported by this server")
     if msg.dtype != expected:
@@ -120,6 +169,8 @@ def decode(msg: pb.Tensor, field: str = "tensor", max_elements: int | None = Non
     target = _DTYPES[logical][1]
     if not target.is_floating_point:
         raise WireError(f"{field}.logical_dtype", "a float codec must decode to a float dtype")
+    if codec == pb.INT4_GROUP:
+        return _decode_int4(msg, shape, target, field)
     values = _array(msg.data, msg.dtype, count, field).reshape(shape)
     if codec != pb.INT8_PER_TOKEN:
         return values.to(target)

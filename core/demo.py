@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     add_model_arguments(parser, "remaining-parameter ratio of both halves, in (0, 1] (default: 1)")
     parser.add_argument("--rho-device", type=float, default=None, help="device ratio (default: --rho)")
     parser.add_argument("--rho-server", type=float, default=None, help="server ratio (default: --rho)")
-    parser.add_argument("--codec", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
+    parser.add_argument("--codec", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "int4"],
                         help="activation codec on the wire (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=12, help="requests to send (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=1, help="sentences per request (default: %(default)s)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -94,6 +95,7 @@ class ModelSource:
         else:
             raise UsageError(f"model type {model_type!r} is not supported "
                              f"(BERT-family encoders {', '.join(SUPPORTED_ENCODERS)} or bart)")
+        self._tokenizer_lock = threading.Lock()
         # Read now: the head's definition must not depend on the folder still being there later.
         self.pooling = self._read_pooling()
         self.max_seq_length = self._read_max_seq_length()
@@ -113,6 +115,14 @@ class ModelSource:
     @property
     def hidden_size(self) -> int:
         return int(self.config.d_model if self.family == "bart" else self.config.hidden_size)
+
+    def head_dim(self, layer_name: str) -> int:
+        """Width of one attention head in the layer with this canonical name."""
+        c = self.config
+        if self.family == "bart":
+            heads = c.decoder_attention_heads if ".decoder." in layer_name else c.encoder_attention_heads
+            return int(c.d_model) // int(heads)
+        return int(c.hidden_size) // int(c.num_attention_heads)
 
     def block_prefix(self, i: int) -> str:
         return f"model.encoder.layers.{i}." if self.family == "bart" else f"encoder.layer.{i}."
@@ -135,6 +145,14 @@ class ModelSource:
             return BartModel(self.config) if self.family == "bart" else AutoModel.from_config(self.config)
 
     # --- tokenizer and head ------------------------------------------------------------------
+    def tokenize(self, sentences: list[str], max_length: int | None = None, padding="longest"):
+        """Token ids and attention mask ([batch, seq] each). Serialised: a fast tokenizer's padding and
+        truncation settings are state that concurrent calls would trample."""
+        with self._tokenizer_lock:
+            batch = self.tokenizer(sentences, padding=padding, truncation=True,
+                                   max_length=max_length or self.max_seq_length, return_tensors="pt")
+        return batch["input_ids"], batch["attention_mask"]
+
     @cached_property
     def tokenizer(self):
         from transformers import AutoTokenizer

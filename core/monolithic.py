@@ -50,7 +50,7 @@ class WholeModel:
                 halves["device" if on_device else "server"][name] = module
             for pruner in self._pruners.values():  # back to dense before regrouping layers
                 pruner.apply(1.0)
-            self._pruners = {half: Pruner(layers, seed=self.src.seed) for half, layers in halves.items()}
+            self._pruners = {half: Pruner(layers, seed=self.src.seed, head_dim=self.src.head_dim) for half, layers in halves.items()}
             self._pruned_split = k
         self._pruners["device"].apply(rho_device, method)
         self._pruners["server"].apply(rho_server, method)

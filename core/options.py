@@ -13,8 +13,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, rho_help: str) -> None:
     parser.add_argument("--split", type=int, default=3,
                         help="split point k: the device runs blocks 1..k (default: %(default)s)")
     parser.add_argument("--rho", type=float, default=1.0, help=rho_help)
-    parser.add_argument("--prune-method", default="magnitude", choices=["magnitude", "random"],
-                        help="unstructured pruning of the linear weights (default: %(default)s)")
+    parser.add_argument("--prune-method", default="magnitude", choices=["magnitude", "random", "structured"],
+                        help="magnitude / random: unstructured, zeroes weights; structured: removes whole "
+                             "attention heads and FFN neurons, so compute falls with rho (default: %(default)s)")
     parser.add_argument("--epoch", type=int, default=0,
                         help="plan epoch; device and server must agree (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,

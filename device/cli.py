@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     parser.add_argument("--server", default="127.0.0.1:50051",
                         help="server (or channel emulator) address HOST:PORT (default: %(default)s)")
     add_model_arguments(parser, "remaining-parameter ratio of the device half, in (0, 1] (default: 1)")
-    parser.add_argument("--codec", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
+    parser.add_argument("--codec", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "int4"],
                         help="activation codec on the wire (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="sentences per request (default: %(default)s)")
     parser.add_argument("--max-length", type=int, default=0,

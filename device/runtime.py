@@ -31,6 +31,7 @@ class DeviceResult:
     transfer_s: float             # round trip minus the server's own time: network + (de)serialisation
     server_queue_s: float
     server_compute_s: float
+    server_batch_size: int        # requests the server computed together with this one
     end_to_end_s: float           # from tokens in hand to the answer in hand
     bytes_sent: int
     bytes_received: int
@@ -49,7 +50,7 @@ class DeviceRuntime:
         self.generation = generation
         self.max_length = min(max_length or src.max_seq_length, src.max_seq_length)
         self.part = DevicePart(src, split)
-        self.pruner = Pruner(self.part.linear_layers(), seed=src.seed)
+        self.pruner = Pruner(self.part.linear_layers(), seed=src.seed, head_dim=src.head_dim)
         self.set_pruning(rho, method)
         self.client: InferenceClient | None = None
         if not self.part.runs_alone:
@@ -83,9 +84,7 @@ class DeviceRuntime:
     def tokenize(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if not sentences:
             raise UsageError("no input sentences")
-        batch = self.src.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_length,
-                                   return_tensors="pt")
-        return batch["input_ids"], batch["attention_mask"]
+        return self.src.tokenize(sentences, self.max_length)
 
     def infer(self, sentences: list[str]) -> DeviceResult:
         return self.infer_tokens(*self.tokenize(sentences))
@@ -98,7 +97,7 @@ class DeviceRuntime:
         batch, seq_len = int(input_ids.shape[0]), int(input_ids.shape[1])
         if self.client is None:
             return DeviceResult(request_id, hidden, OUTPUT_SENTENCE_EMBEDDING, batch, seq_len,
-                                computed - started, 0.0, 0.0, 0.0, 0.0, computed - started, 0, 0)
+                                computed - started, 0.0, 0.0, 0.0, 0.0, 0, computed - started, 0, 0)
         payload = {"input_ids": encode(hidden)} if self.split == 0 else {"hidden_states": encode(hidden, self.codec)}
         g = self.generation
         request = pb.InferRequest(
@@ -119,6 +118,7 @@ class DeviceRuntime:
             device_compute_s=computed - started, encode_s=encoded - computed,
             transfer_s=max(0.0, answered - encoded - server_s),
             server_queue_s=reply.timing.queue_s, server_compute_s=reply.timing.compute_s,
+            server_batch_size=reply.timing.batch_size,
             end_to_end_s=finished - started, bytes_sent=request.ByteSize(), bytes_received=reply.ByteSize())
 
     def close(self) -> None:

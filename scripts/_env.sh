@@ -13,8 +13,9 @@ STAMP="$VENV/.coinfer-installed"
 WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "[coinfer] installing into $VENV (torch 2.13.0 CPU wheel first, so nothing pulls a CUDA build)" >&2
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
+  # (this machine's pip configuration warns about every missing local index folder: filtered out)
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.13.0" 2> >(grep -v "is ignored" >&2)
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" 2> >(grep -v "is ignored" >&2)
   echo "$WANT" > "$STAMP"
 fi
 # Model weights come from local folders only; never let a library reach for a hub.

@@ -5,6 +5,7 @@ import logging
 import signal
 import threading
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -12,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.protos import coinfer_pb2_grpc as pb_grpc
 from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, message_options
+from coinfer.server.batcher import DynamicBatcher
 from coinfer.server.half import ServerHalf
 from coinfer.server.service import CoInferenceService
 
@@ -19,28 +21,42 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CoInference"].full_name
 
 
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    batcher: DynamicBatcher
+
+    def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING, refuse new calls, let in-flight ones finish within `grace_s`."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait()
+        self.batcher.stop()
+
+
 def start_server(half: ServerHalf, listen: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 workers: int = 16) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """Start serving `half` on `listen` (port 0 picks a free port); returns (server, port, health)."""
+                 workers: int = 16, max_batch_size: int = 8, max_queue_delay_s: float = 0.0) -> RunningServer:
+    """Start serving `half` on `listen` (port 0 picks a free port)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coinfer-rpc"),
                          options=message_options(max_message_bytes))
-    pb_grpc.add_CoInferenceServicer_to_server(CoInferenceService(half, max_message_bytes), server)
+    batcher = DynamicBatcher(half, max_batch_size, max_queue_delay_s)
+    pb_grpc.add_CoInferenceServicer_to_server(CoInferenceService(half, batcher, max_message_bytes), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(listen)
     if port == 0:
+        batcher.stop()
         raise OSError(f"cannot listen on {listen}")
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, health_servicer
+    return RunningServer(server, port, health_servicer, batcher)
 
 
-def serve_until_signalled(server: grpc.Server, health_servicer: health.HealthServicer, grace_s: float) -> None:
-    """Block until SIGTERM/SIGINT, then stop accepting, let in-flight requests finish, and return."""
+def wait_for_termination_signal() -> None:
+    """Block until SIGTERM or SIGINT."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    health_servicer.enter_graceful_shutdown()
-    server.stop(grace_s).wait()

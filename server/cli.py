@@ -17,7 +17,13 @@ def register(subparsers) -> None:
                         help="address to bind; port 0 picks a free port (default: %(default)s)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when present, else CPU), cpu, or cuda:N (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=16,
+                        help="gRPC worker threads: bounds the concurrent calls/streams (default: %(default)s)")
+    parser.add_argument("--max-batch-size", type=int, default=8,
+                        help="sequences computed together at most; 1 turns batching off (default: %(default)s)")
+    parser.add_argument("--max-queue-delay-ms", type=float, default=0.0,
+                        help="how long the oldest queued request may wait for others to batch with; 0 "
+                             "starts at once and batches only what queued while busy (default: %(default)s)")
     parser.add_argument("--grace-s", type=float, default=10.0,
                         help="on SIGTERM, time allowed for in-flight requests (default: %(default)s)")
     parser.set_defaults(func=run)
@@ -32,12 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.errors import UsageError
     from coinfer.models import resolve_model
     from coinfer.pruning import check_method, check_ratio
-    from coinfer.server.app import serve_until_signalled, start_server
+    from coinfer.server.app import start_server, wait_for_termination_signal
     from coinfer.server.half import ServerHalf
     from coinfer.split import check_split
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.max_batch_size < 1 or args.max_queue_delay_ms < 0:
+        raise UsageError("--max-batch-size must be >= 1 and --max-queue-delay-ms >= 0")
     try:
         check_ratio(args.rho, "--rho")
         check_method(args.prune_method)
@@ -48,13 +56,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"[server] loading blocks {args.split + 1}..{src.num_blocks} of {src.name} ...", file=sys.stderr, flush=True)
     half = ServerHalf(src, args.split, args.rho, args.prune_method, args.epoch, args.device)
     try:
-        server, port, health_servicer = start_server(half, args.listen, args.max_message_mb * 1024 * 1024,
-                                                     args.workers)
+        running = start_server(half, args.listen, args.max_message_mb * 1024 * 1024, args.workers,
+                               args.max_batch_size, args.max_queue_delay_ms / 1e3)
     except (OSError, RuntimeError) as exc:
         raise UsageError(f"--listen {args.listen}: {exc}") from None
     host = args.listen.rpartition(":")[0]
-    print(f"listening on {host}:{port}", flush=True)
+    print(f"listening on {host}:{running.port}", flush=True)
     logging.getLogger(__name__).info("serving %s k=%d rho=%.3f on %s", src.name, args.split, args.rho, half.device)
-    serve_until_signalled(server, health_servicer, args.grace_s)
+    wait_for_termination_signal()
+    running.stop(args.grace_s)
     print("[server] stopped", file=sys.stderr, flush=True)
     return 0

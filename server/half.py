@@ -41,7 +41,7 @@ class ServerHalf:
         self.src = src
         self.device = pick_device(device)
         self.part = ServerPart(src, split).to(self.device)
-        self.pruner = Pruner(self.part.linear_layers(), seed=src.seed)
+        self.pruner = Pruner(self.part.linear_layers(), seed=src.seed, head_dim=src.head_dim)
         self.pruner.apply(check_ratio(rho), check_method(method))
         self.plan = ServerPlan(epoch, split, rho, method)
         # One forward at a time: concurrent forwards on a few cores only thrash each other's caches.

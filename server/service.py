@@ -7,7 +7,10 @@ bad request never costs a device its other requests.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
+from concurrent.futures import Future
 
 import grpc
 import torch
@@ -16,6 +19,7 @@ from coinfer.codecs import WireError, decode, encode
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.protos import coinfer_pb2_grpc as pb_grpc
 from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES
+from coinfer.server.batcher import BatchItemError, DynamicBatcher
 from coinfer.server.half import ServerHalf
 from coinfer.split import OUTPUT_GENERATED_TOKENS, GenerationOptions
 
@@ -24,6 +28,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256
 MAX_NEW_TOKENS = 1024
 MAX_BEAMS = 16
+_END_OF_REQUESTS = object()
 
 
 class RequestError(Exception):
@@ -38,11 +43,14 @@ def _invalid(message: str) -> RequestError:
 
 
 class CoInferenceService(pb_grpc.CoInferenceServicer):
-    def __init__(self, half: ServerHalf, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 max_batch: int = MAX_BATCH):
+    def __init__(self, half: ServerHalf, batcher: DynamicBatcher,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_batch: int = MAX_BATCH,
+                 max_in_flight_per_stream: int = 32):
         self.half = half
+        self.batcher = batcher
         self.max_message_bytes = max_message_bytes
         self.max_batch = max_batch
+        self.max_in_flight_per_stream = max_in_flight_per_stream
 
     # --- validation --------------------------------------------------------------------------
     def _inputs(self, request: pb.InferRequest) -> tuple[torch.Tensor, torch.Tensor, GenerationOptions]:
@@ -122,35 +130,73 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         return x, mask, generation
 
     # --- serving -----------------------------------------------------------------------------
-    def _answer(self, request: pb.InferRequest) -> pb.InferReply:
+    def _submit(self, request: pb.InferRequest) -> tuple[Future, float]:
+        """Validate and queue one request; (future of its BatchResult, seconds spent decoding)."""
         received = time.perf_counter()
         x, mask, generation = self._inputs(request)
-        decoded = time.perf_counter()
+        return self.batcher.submit(x, mask, generation), time.perf_counter() - received
+
+    def _reply(self, request: pb.InferRequest, future: Future, decode_s: float) -> pb.InferReply:
         try:
-            out, queued_s, compute_s = self.half.run(x, mask, generation)
-        except Exception as exc:  # a bug or resource failure in the model: report, keep serving
-            log.exception("request %s failed in the model", request.request_id)
-            raise RequestError(grpc.StatusCode.INTERNAL, f"model failed: {type(exc).__name__}: {exc}") from None
-        if self.half.output_kind != OUTPUT_GENERATED_TOKENS:
-            out = out.float()
+            result = future.result()
+        except BatchItemError as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT if exc.caused_by_input else grpc.StatusCode.INTERNAL
+            raise RequestError(code, str(exc)) from None
+        out = result.output if self.half.output_kind == OUTPUT_GENERATED_TOKENS else result.output.float()
         return pb.InferReply(
             request_id=request.request_id, plan_epoch=self.half.plan.epoch, output=encode(out),
-            timing=pb.ServerTiming(queue_s=queued_s, compute_s=compute_s, decode_s=decoded - received,
-                                   batch_size=1))
+            timing=pb.ServerTiming(queue_s=result.queue_s, compute_s=result.compute_s, decode_s=decode_s,
+                                   batch_size=result.batch_size))
+
+    def _error_reply(self, request: pb.InferRequest, exc: RequestError) -> pb.InferReply:
+        return pb.InferReply(request_id=request.request_id, plan_epoch=self.half.plan.epoch,
+                             error=pb.Error(code=exc.code.value[0], message=exc.message))
 
     def Infer(self, request, context):
         try:
-            return self._answer(request)
+            return self._reply(request, *self._submit(request))
         except RequestError as exc:
             context.abort(exc.code, exc.message)
 
     def InferStream(self, request_iterator, context):
-        for request in request_iterator:
+        """Requests of one stream may be in flight together (and batch together); replies go out as
+        they complete, matched by request_id. At most `max_in_flight_per_stream` wait at once."""
+        events: queue.Queue = queue.Queue()
+        slots = threading.BoundedSemaphore(self.max_in_flight_per_stream)
+
+        def read_requests() -> None:
+            submitted = 0
             try:
-                yield self._answer(request)
+                for request in request_iterator:
+                    slots.acquire()  # back-pressure: stop reading while the stream has too much in flight
+                    submitted += 1
+                    try:
+                        future, decode_s = self._submit(request)
+                    except RequestError as exc:
+                        events.put((request, exc, 0.0))
+                        continue
+                    future.add_done_callback(lambda f, r=request, d=decode_s: events.put((r, f, d)))
+            except grpc.RpcError:
+                pass  # the client went away; what is in flight finishes and is dropped
+            finally:
+                events.put((_END_OF_REQUESTS, submitted, 0.0))
+
+        threading.Thread(target=read_requests, name="coinfer-stream-requests", daemon=True).start()
+        answered, total = 0, None
+        while total is None or answered < total:
+            request, outcome, decode_s = events.get()
+            if request is _END_OF_REQUESTS:
+                total = outcome
+                continue
+            answered += 1
+            slots.release()
+            if isinstance(outcome, RequestError):
+                yield self._error_reply(request, outcome)
+                continue
+            try:
+                yield self._reply(request, outcome, decode_s)
             except RequestError as exc:
-                yield pb.InferReply(request_id=request.request_id, plan_epoch=self.half.plan.epoch,
-                                    error=pb.Error(code=exc.code.value[0], message=exc.message))
+                yield self._error_reply(request, exc)
 
     def Info(self, request, context):
         plan, src = self.half.plan, self.half.src

@@ -20,7 +20,8 @@ def test_bytes_are_little_endian():
     assert message.data == b"\x01\x00\x00\x00"
 
 
-@pytest.mark.parametrize("codec,bits,tolerance", [("fp16", 16, 1e-3), ("bf16", 16, 1e-2), ("int8", 8, 2e-2)])
+@pytest.mark.parametrize("codec,bits,tolerance", [("fp16", 16, 1e-3), ("bf16", 16, 1e-2), ("int8", 8, 2e-2),
+                                                  ("int4", 4, 1 / 14 + 1e-3)])
 def test_lossy_codecs_shrink_bytes_with_bounded_error(codec, bits, tolerance):
     values = torch.randn(4, 32, 384)
     message = encode(values, codec)
@@ -76,3 +77,54 @@ def test_element_limit_is_enforced_before_allocating():
     message = pb.Tensor(dtype=pb.FLOAT32, shape=[10**6, 10**6], data=b"")
     with pytest.raises(WireError, match="limit"):
         decode(message, "x", max_elements=10**7)
+
+
+@pytest.mark.parametrize("codec", ["fp32", "fp16", "bf16", "int8", "int4"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 7, 70), (2, 1, 65), (0, 4, 64), (5,), (2, 3, 0)])
+def test_odd_and_empty_shapes_round_trip(codec, shape):
+    values = torch.randn(*shape)
+    back = decode(pb.Tensor.FromString(encode(values, codec).SerializeToString()))
+    assert back.shape == values.shape
+    if values.numel():
+        assert (back - values).abs().max().item() <= values.abs().max().item() / 7 + 1e-6
+
+
+def test_int4_error_is_bounded_per_group():
+    """Each group's error is at most half a step of its own scale: one loud group spoils nothing else."""
+    values = torch.randn(4, 256)
+    values[0, :64] *= 100
+    back = decode(encode(values, "int4"))
+    groups_err = (back - values).abs().reshape(4, 4, 64).amax(-1)
+    groups_max = values.abs().reshape(4, 4, 64).amax(-1)
+    assert (groups_err <= groups_max / 14 * 1.01 + 1e-6).all()
+
+
+def test_int4_packs_two_values_per_byte():
+    message = encode(torch.randn(8, 128), "int4")
+    assert len(message.data) == 8 * 128 // 2 and len(message.scales) == 8 * 2 * 2
+
+
+@pytest.mark.parametrize("codec", ["int8", "int4"])
+def test_non_finite_scales_are_refused(codec):
+    message = encode(torch.randn(2, 64), codec)
+    import numpy as np
+
+    dtype = "<f4" if codec == "int8" else "<f2"
+    scales = np.frombuffer(message.scales, dtype=dtype).copy()
+    scales[0] = np.nan
+    message.scales = scales.tobytes()
+    with pytest.raises(WireError, match="scales"):
+        decode(message, "x")
+
+
+def test_int4_group_size_is_checked():
+    message = encode(torch.randn(2, 64), "int4")
+    message.group_size = 0
+    with pytest.raises(WireError) as caught:
+        decode(message, "x")
+    assert caught.value.field == "x.group_size"
+
+
+def test_unknown_codec_name_is_refused():
+    with pytest.raises(ValueError, match="int4"):
+        encode(torch.randn(2, 2), "zip")

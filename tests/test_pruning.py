@@ -71,3 +71,43 @@ def test_changing_rho_at_run_time_needs_no_reload(tmp_path, sentences):
             assert torch.equal(out, outputs[rho])
         outputs[rho] = out
     assert (outputs[0.2] - outputs[1.0]).abs().max().item() > 1e-2
+
+
+def test_structured_pruning_shrinks_heads_and_neurons(minilm):
+    device = DevicePart(minilm, 2)
+    layers = device.linear_layers()
+    pruner = Pruner(layers, head_dim=minilm.head_dim)
+    state = pruner.apply(0.5, "structured")
+    query = layers["encoder.layer.0.attention.self.query"]
+    assert query.weight.shape == (6 * 32, 384) and query.bias.shape == (6 * 32,)  # 6 of 12 heads
+    assert layers["encoder.layer.0.attention.output.dense"].weight.shape == (384, 6 * 32)
+    assert layers["encoder.layer.1.intermediate.dense"].weight.shape == (768, 384)  # 768 of 1536 neurons
+    assert layers["encoder.layer.1.output.dense"].weight.shape == (384, 768)
+    assert abs(state.achieved_ratio - 0.5) < 0.01
+
+
+def test_structured_keeps_the_heaviest_heads():
+    from coinfer.pruning import StructuredGroup, structured_keep
+
+    dense = {"q": (torch.ones(8, 4), None), "o": (torch.ones(4, 8), None)}
+    dense["q"][0][4:6] *= 10  # head 2 (rows 4-5) is the heaviest
+    dense["o"][0][:, 0:2] *= 5  # head 0 next
+    assert structured_keep(dense, StructuredGroup(("q",), "o", 2), 0.5).tolist() == [0, 2]
+
+
+def test_structured_at_rho_one_is_dense_and_back_again(minilm, sentences):
+    device, server = DevicePart(minilm, 3), ServerPart(minilm, 3)
+    batch = minilm.tokenizer(sentences, padding=True, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    dense_out = server(device(ids, mask), mask)
+    pruners = [Pruner(part.linear_layers(), head_dim=minilm.head_dim) for part in (device, server)]
+    for pruner in pruners:
+        pruner.apply(0.4, "structured")
+    pruned_out = server(device(ids, mask), mask)
+    assert (pruned_out - dense_out).abs().max().item() > 1e-2
+    for pruner in pruners:
+        pruner.apply(1.0, "structured")
+    assert torch.equal(server(device(ids, mask), mask), dense_out)
+    for pruner in pruners:  # structured -> unstructured restores the full shapes first
+        pruner.apply(0.5, "magnitude")
+    assert device.linear_layers()["encoder.layer.0.attention.self.query"].weight.shape == (384, 384)

@@ -15,8 +15,8 @@ TOLERANCE = 1e-5
 
 def run_split(src, k, ids, mask, generation=GenerationOptions(), rho=(1.0, 1.0), method="magnitude"):
     device, server = DevicePart(src, k), ServerPart(src, k)
-    Pruner(device.linear_layers(), seed=src.seed).apply(rho[0], method)
-    Pruner(server.linear_layers(), seed=src.seed).apply(rho[1], method)
+    Pruner(device.linear_layers(), seed=src.seed, head_dim=src.head_dim).apply(rho[0], method)
+    Pruner(server.linear_layers(), seed=src.seed, head_dim=src.head_dim).apply(rho[1], method)
     hidden = device(ids, mask)
     return hidden if device.runs_alone else server(hidden, mask, generation)
 
@@ -69,7 +69,7 @@ def test_bart_generate_gives_the_same_tokens_split_and_whole(tiny_bart, sentence
         assert torch.equal(run_split(tiny_bart, k, ids, mask, generation), expected), f"k={k}"
 
 
-@pytest.mark.parametrize("method", ["magnitude", "random"])
+@pytest.mark.parametrize("method", ["magnitude", "random", "structured"])
 def test_pruned_split_equals_whole_model_pruned_the_same_way(minilm, sentences, method):
     ids, mask = tokens(minilm, sentences)
     whole = WholeModel(minilm)
@@ -82,13 +82,14 @@ def test_pruned_split_equals_whole_model_pruned_the_same_way(minilm, sentences, 
         assert (got - expected).abs().max().item() <= TOLERANCE, f"k={k}"
 
 
-def test_pruned_bart_split_generates_like_whole_pruned(tiny_bart, sentences):
+@pytest.mark.parametrize("method", ["random", "structured"])
+def test_pruned_bart_split_generates_like_whole_pruned(tiny_bart, sentences, method):
     ids, mask = tokens(tiny_bart, sentences)
     generation = GenerationOptions(max_new_tokens=6, min_new_tokens=6)
     whole = WholeModel(tiny_bart)
-    whole.prune(2, 0.5, 0.7, "random")
+    whole.prune(2, 0.5, 0.7, method)
     expected = whole(ids, mask, generation)
-    assert torch.equal(run_split(tiny_bart, 2, ids, mask, generation, rho=(0.5, 0.7), method="random"), expected)
+    assert torch.equal(run_split(tiny_bart, 2, ids, mask, generation, rho=(0.5, 0.7), method=method), expected)
 
 
 def test_each_half_holds_only_its_blocks(minilm):
