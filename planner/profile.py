@@ -15,7 +15,7 @@ What is counted (and what is not):
   blocks (the runtime prunes exactly those; embeddings, LayerNorm and biases stay), and b_j is their
   mean |w|, so a_j = N_j b_j is the segment's L1 mass.
 * Hidden states at split k (1 <= k, and k = L for BART) are batch x seq x hidden elements in the
-  activation codec (see CODEC_BITS); k = 0 sends the token ids; k = L of BERT sends nothing.
+  activation codec (its real layout, from coinfer.codecs); k = 0 sends the token ids; k = L of BERT sends nothing.
 """
 from __future__ import annotations
 
@@ -25,27 +25,17 @@ from dataclasses import asdict, dataclass
 from coinfer.planner.distortion import CURVE_RATIOS, curve_of, measure_l1_curve
 from coinfer.planner.scenario import Scenario, Segment, System
 
-# bits per element, and side information per token (scales) in bits
-CODEC_BITS = {
-    "fp32": (32, 0.0),
-    "fp16": (16, 0.0),
-    "bf16": (16, 0.0),
-    "int8": (8, 32.0),      # one float32 absmax scale per token (coinfer.codecs)
-    "int4": (4, None),      # one float16 scale per group of INT4_GROUP elements (proto INT4_GROUP)
-}
-INT4_GROUP = 32
 INPUT_ID_BITS = 64          # token ids leave the tokenizer as int64 and travel RAW
 
 
 def activation_bits(batch: int, seq: int, hidden: int, codec: str) -> float:
-    if codec not in CODEC_BITS:
+    """Bits on the wire for [batch, seq, hidden] activations: the codec's own layout, scales included."""
+    from coinfer.codecs import CODECS, codec_bits_per_element
+
+    if codec not in CODECS:
         from coinfer.errors import UsageError
-        raise UsageError(f"--codec: unknown activation codec {codec!r} (one of {', '.join(CODEC_BITS)})")
-    bits, per_token = CODEC_BITS[codec]
-    n = batch * seq * hidden
-    if per_token is None:   # int4: scale per group
-        return n * bits + math.ceil(hidden / INT4_GROUP) * batch * seq * 16
-    return n * bits + batch * seq * per_token
+        raise UsageError(f"--codec: unknown activation codec {codec!r} (one of {', '.join(CODECS)})")
+    return batch * seq * hidden * codec_bits_per_element(codec, hidden)
 
 
 # ---------------------------------------------------------------------------------------------
