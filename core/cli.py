@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "coinfer.device.cli",
     "coinfer.demo",
     "coinfer.planner.cli",
+    "coinfer.channel.cli",
 ]
 
 

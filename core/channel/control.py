@@ -1,0 +1,152 @@
+"""The gRPC control service of the emulator (coinfer.v1.ChannelControl) and its Python client.
+
+The device keeps one client and calls `set_tx_power(p)` whenever a plan changes p:
+
+    from coinfer.channel import ChannelControlClient
+    with ChannelControlClient("127.0.0.1:7001") as channel:
+        channel.set_tx_power(0.15)
+        print(channel.stats().rate_bps)
+
+Every client method returns a coinfer.channel.model.ChannelStats; an invalid value raises
+ValueError (the server's INVALID_ARGUMENT / FAILED_PRECONDITION), anything else grpc.RpcError.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
+
+import grpc
+
+from coinfer.channel.model import FIXED, RADIO, UNLIMITED, ChannelStats, RadioNotConfigured
+from coinfer.protos import channel_pb2, channel_pb2_grpc
+
+_MODE_TO_PROTO = {RADIO: channel_pb2.CHANNEL_MODE_RADIO, FIXED: channel_pb2.CHANNEL_MODE_FIXED,
+                  UNLIMITED: channel_pb2.CHANNEL_MODE_UNLIMITED}
+_MODE_FROM_PROTO = {v: k for k, v in _MODE_TO_PROTO.items()}
+
+
+def stats_to_proto(stats: ChannelStats) -> channel_pb2.ChannelStats:
+    values = stats.to_dict()
+    values["mode"] = _MODE_TO_PROTO[stats.mode]
+    return channel_pb2.ChannelStats(**values)
+
+
+def stats_from_proto(msg: channel_pb2.ChannelStats) -> ChannelStats:
+    values = {f.name: getattr(msg, f.name) for f in fields(ChannelStats)}
+    values["mode"] = _MODE_FROM_PROTO.get(msg.mode, RADIO)
+    return ChannelStats(**values)
+
+
+class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
+    """Turns each call into one thread-safe call on a running ChannelEmulator."""
+
+    def __init__(self, emulator):
+        self.emulator = emulator
+
+    def _reply(self, context, action) -> channel_pb2.ChannelStats:
+        try:
+            return stats_to_proto(action())
+        except ValueError as exc:
+            code = (grpc.StatusCode.FAILED_PRECONDITION if isinstance(exc, RadioNotConfigured)
+                    else grpc.StatusCode.INVALID_ARGUMENT)
+            context.abort(code, str(exc))
+
+    def SetTxPower(self, request, context):
+        return self._reply(context, lambda: self.emulator.set_tx_power(request.watts))
+
+    def SetGain(self, request, context):
+        which = request.WhichOneof("value")
+        if which is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set one of gain, gain_db, distance_m")
+        return self._reply(context, lambda: self.emulator.set_gain(**{which: getattr(request, which)}))
+
+    def SetRate(self, request, context):
+        which = request.WhichOneof("mode")
+        if which == "fixed_bps":
+            return self._reply(context, lambda: self.emulator.set_rate(request.fixed_bps))
+        if which == "unlimited" and request.unlimited:
+            return self._reply(context, self.emulator.set_unlimited)
+        if which == "radio" and request.radio:
+            return self._reply(context, self.emulator.use_radio)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set one of fixed_bps, unlimited=true, radio=true")
+
+    def GetStats(self, request, context):
+        return self._reply(context, self.emulator.stats)
+
+
+class _ControlServer:
+    def __init__(self, server: grpc.Server, executor: ThreadPoolExecutor):
+        self.server, self.executor = server, executor
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        self.server.stop(grace_s).wait()
+        self.executor.shutdown(wait=True)
+
+
+def start_control_server(emulator, address: str) -> tuple[_ControlServer, int]:
+    """Serve ChannelControl for `emulator` on address (port 0 picks one); returns (server, port)."""
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="coinfer-channel-control")
+    server = grpc.server(executor)
+    channel_pb2_grpc.add_ChannelControlServicer_to_server(ChannelControlServicer(emulator), server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:      # grpc's way of saying it could not bind
+        executor.shutdown(wait=False)
+        raise OSError(f"cannot listen for control on {address}: {exc}") from None
+    server.start()
+    return _ControlServer(server, executor), port
+
+
+class ChannelControlClient:
+    """A client of ChannelControl (the device's handle on its radio)."""
+
+    def __init__(self, target: str, timeout_s: float = 5.0):
+        self.target, self.timeout_s = target, timeout_s
+        self._channel = grpc.insecure_channel(target)
+        self._stub = channel_pb2_grpc.ChannelControlStub(self._channel)
+
+    def _call(self, method, request) -> ChannelStats:
+        try:
+            return stats_from_proto(method(request, timeout=self.timeout_s))
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                raise ValueError(exc.details()) from None
+            raise
+
+    def set_tx_power(self, watts: float) -> ChannelStats:
+        return self._call(self._stub.SetTxPower, channel_pb2.ChannelTxPowerRequest(watts=watts))
+
+    def set_gain(self, gain: float | None = None, *, gain_db: float | None = None,
+                 distance_m: float | None = None) -> ChannelStats:
+        given = {k: v for k, v in (("gain", gain), ("gain_db", gain_db), ("distance_m", distance_m))
+                 if v is not None}
+        if len(given) != 1:
+            raise ValueError("give exactly one of gain, gain_db, distance_m")
+        return self._call(self._stub.SetGain, channel_pb2.ChannelGainRequest(**given))
+
+    def set_rate(self, rate_bps: float) -> ChannelStats:
+        if not (math.isfinite(rate_bps) and rate_bps > 0):
+            raise ValueError(f"rate must be a finite number of bit/s > 0, got {rate_bps!r}")
+        return self._call(self._stub.SetRate, channel_pb2.ChannelRateRequest(fixed_bps=rate_bps))
+
+    def set_unlimited(self) -> ChannelStats:
+        return self._call(self._stub.SetRate, channel_pb2.ChannelRateRequest(unlimited=True))
+
+    def use_radio(self) -> ChannelStats:
+        return self._call(self._stub.SetRate, channel_pb2.ChannelRateRequest(radio=True))
+
+    def stats(self) -> ChannelStats:
+        return self._call(self._stub.GetStats, channel_pb2.ChannelStatsRequest())
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "ChannelControlClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
