@@ -18,6 +18,7 @@ from coinfer.errors import UsageError
 COMMAND_MODULES = [
     "coinfer.server.cli",
     "coinfer.device.cli",
+    "coinfer.device.group_cli",
     "coinfer.demo",
     "coinfer.planner.cli",
     "coinfer.channel.cli",
