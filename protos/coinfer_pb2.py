@@ -24,33 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63oinfer/protos/coinfer.proto\x12\ncoinfer.v1\"\xb7\x01\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.coinfer.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12 \n\x05\x63odec\x18\x04 \x01(\x0e\x32\x11.coinfer.v1.Codec\x12(\n\rlogical_dtype\x18\x05 \x01(\x0e\x32\x11.coinfer.v1.DType\x12\x0e\n\x06scales\x18\x06 \x01(\x0c\x12\x12\n\ngroup_size\x18\x07 \x01(\r\"T\n\x0fGenerateOptions\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x11\n\tnum_beams\x18\x02 \x01(\r\x12\x16\n\x0emin_new_tokens\x18\x03 \x01(\r\"\x99\x02\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nplan_epoch\x18\x02 \x01(\x04\x12\x13\n\x0bsplit_point\x18\x03 \x01(\r\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12+\n\rhidden_states\x18\x05 \x01(\x0b\x32\x12.coinfer.v1.TensorH\x00\x12\'\n\tinput_ids\x18\x06 \x01(\x0b\x32\x12.coinfer.v1.TensorH\x00\x12*\n\x0e\x61ttention_mask\x18\x07 \x01(\x0b\x32\x12.coinfer.v1.Tensor\x12-\n\x08generate\x18\x08 \x01(\x0b\x32\x1b.coinfer.v1.GenerateOptionsB\t\n\x07payload\"X\n\x0cServerTiming\x12\x0f\n\x07queue_s\x18\x01 \x01(\x01\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\r\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa4\x01\n\nInferReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nplan_epoch\x18\x02 \x01(\x04\x12\"\n\x06output\x18\x03 \x01(\x0b\x32\x12.coinfer.v1.Tensor\x12(\n\x06timing\x18\x04 \x01(\x0b\x32\x18.coinfer.v1.ServerTiming\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x11.coinfer.v1.Error\"\r\n\x0bInfoRequest\"\xce\x01\n\nServerInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x12\n\nnum_blocks\x18\x03 \x01(\r\x12\x13\n\x0bsplit_point\x18\x04 \x01(\r\x12\x12\n\nplan_epoch\x18\x05 \x01(\x04\x12\x0b\n\x03rho\x18\x06 \x01(\x01\x12\x14\n\x0cprune_method\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x19\n\x11max_message_bytes\x18\t \x01(\x04\x12\x13\n\x0boutput_kind\x18\n \x01(\t*{\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05UINT8\x10\x05\x12\t\n\x05INT32\x10\x06\x12\t\n\x05INT64\x10\x07\x12\x08\n\x04\x42OOL\x10\x08*_\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x07\n\x03RAW\x10\x01\x12\x08\n\x04\x46P16\x10\x02\x12\x08\n\x04\x42\x46\x31\x36\x10\x03\x12\x12\n\x0eINT8_PER_TOKEN\x10\x04\x12\x0e\n\nINT4_GROUP\x10\x05\x32\xc6\x01\n\x0b\x43oInference\x12\x39\n\x05Infer\x12\x18.coinfer.v1.InferRequest\x1a\x16.coinfer.v1.InferReply\x12\x43\n\x0bInferStream\x12\x18.coinfer.v1.InferRequest\x1a\x16.coinfer.v1.InferReply(\x01\x30\x01\x12\x37\n\x04Info\x12\x17.coinfer.v1.InfoRequest\x1a\x16.coinfer.v1.ServerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63oinfer/protos/coinfer.proto\x12\ncoinfer.v1\"\xcf\x01\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.coinfer.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12 \n\x05\x63odec\x18\x04 \x01(\x0e\x32\x11.coinfer.v1.Codec\x12(\n\rlogical_dtype\x18\x05 \x01(\x0e\x32\x11.coinfer.v1.DType\x12\x0e\n\x06scales\x18\x06 \x01(\x0c\x12\x12\n\ngroup_size\x18\x07 \x01(\r\x12\x16\n\x0e\x63hannel_scales\x18\x08 \x01(\x0c\"T\n\x0fGenerateOptions\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x11\n\tnum_beams\x18\x02 \x01(\r\x12\x16\n\x0emin_new_tokens\x18\x03 \x01(\r\"\x99\x02\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nplan_epoch\x18\x02 \x01(\x04\x12\x13\n\x0bsplit_point\x18\x03 \x01(\r\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12+\n\rhidden_states\x18\x05 \x01(\x0b\x32\x12.coinfer.v1.TensorH\x00\x12\'\n\tinput_ids\x18\x06 \x01(\x0b\x32\x12.coinfer.v1.TensorH\x00\x12*\n\x0e\x61ttention_mask\x18\x07 \x01(\x0b\x32\x12.coinfer.v1.Tensor\x12-\n\x08generate\x18\x08 \x01(\x0b\x32\x1b.coinfer.v1.GenerateOptionsB\t\n\x07payload\"X\n\x0cServerTiming\x12\x0f\n\x07queue_s\x18\x01 \x01(\x01\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\r\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa4\x01\n\nInferReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nplan_epoch\x18\x02 \x01(\x04\x12\"\n\x06output\x18\x03 \x01(\x0b\x32\x12.coinfer.v1.Tensor\x12(\n\x06timing\x18\x04 \x01(\x0b\x32\x18.coinfer.v1.ServerTiming\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x11.coinfer.v1.Error\"\r\n\x0bInfoRequest\"\xce\x01\n\nServerInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x12\n\nnum_blocks\x18\x03 \x01(\r\x12\x13\n\x0bsplit_point\x18\x04 \x01(\r\x12\x12\n\nplan_epoch\x18\x05 \x01(\x04\x12\x0b\n\x03rho\x18\x06 \x01(\x01\x12\x14\n\x0cprune_method\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x19\n\x11max_message_bytes\x18\t \x01(\x04\x12\x13\n\x0boutput_kind\x18\n \x01(\t*{\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05UINT8\x10\x05\x12\t\n\x05INT32\x10\x06\x12\t\n\x05INT64\x10\x07\x12\x08\n\x04\x42OOL\x10\x08*_\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x07\n\x03RAW\x10\x01\x12\x08\n\x04\x46P16\x10\x02\x12\x08\n\x04\x42\x46\x31\x36\x10\x03\x12\x12\n\x0eINT8_PER_TOKEN\x10\x04\x12\x0e\n\nINT4_GROUP\x10\x05\x32\xc6\x01\n\x0b\x43oInference\x12\x39\n\x05Infer\x12\x18.coinfer.v1.InferRequest\x1a\x16.coinfer.v1.InferReply\x12\x43\n\x0bInferStream\x12\x18.coinfer.v1.InferRequest\x1a\x16.coinfer.v1.InferReply(\x01\x30\x01\x12\x37\n\x04Info\x12\x17.coinfer.v1.InfoRequest\x1a\x16.coinfer.v1.ServerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coinfer.protos.coinfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1121
-  _globals['_DTYPE']._serialized_end=1244
-  _globals['_CODEC']._serialized_start=1246
-  _globals['_CODEC']._serialized_end=1341
+  _globals['_DTYPE']._serialized_start=1145
+  _globals['_DTYPE']._serialized_end=1268
+  _globals['_CODEC']._serialized_start=1270
+  _globals['_CODEC']._serialized_end=1365
   _globals['_TENSOR']._serialized_start=45
-  _globals['_TENSOR']._serialized_end=228
-  _globals['_GENERATEOPTIONS']._serialized_start=230
-  _globals['_GENERATEOPTIONS']._serialized_end=314
-  _globals['_INFERREQUEST']._serialized_start=317
-  _globals['_INFERREQUEST']._serialized_end=598
-  _globals['_SERVERTIMING']._serialized_start=600
-  _globals['_SERVERTIMING']._serialized_end=688
-  _globals['_ERROR']._serialized_start=690
-  _globals['_ERROR']._serialized_end=728
-  _globals['_INFERREPLY']._serialized_start=731
-  _globals['_INFERREPLY']._serialized_end=895
-  _globals['_INFOREQUEST']._serialized_start=897
-  _globals['_INFOREQUEST']._serialized_end=910
-  _globals['_SERVERINFO']._serialized_start=913
-  _globals['_SERVERINFO']._serialized_end=1119
-  _globals['_COINFERENCE']._serialized_start=1344
-  _globals['_COINFERENCE']._serialized_end=1542
+  _globals['_TENSOR']._serialized_end=252
+  _globals['_GENERATEOPTIONS']._serialized_start=254
+  _globals['_GENERATEOPTIONS']._serialized_end=338
+  _globals['_INFERREQUEST']._serialized_start=341
+  _globals['_INFERREQUEST']._serialized_end=622
+  _globals['_SERVERTIMING']._serialized_start=624
+  _globals['_SERVERTIMING']._serialized_end=712
+  _globals['_ERROR']._serialized_start=714
+  _globals['_ERROR']._serialized_end=752
+  _globals['_INFERREPLY']._serialized_start=755
+  _globals['_INFERREPLY']._serialized_end=919
+  _globals['_INFOREQUEST']._serialized_start=921
+  _globals['_INFOREQUEST']._serialized_end=934
+  _globals['_SERVERINFO']._serialized_start=937
+  _globals['_SERVERINFO']._serialized_end=1143
+  _globals['_COINFERENCE']._serialized_start=1368
+  _globals['_COINFERENCE']._serialized_end=1566
 # @@protoc_insertion_point(module_scope)

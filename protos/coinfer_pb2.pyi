@@ -44,7 +44,7 @@ INT8_PER_TOKEN: Codec
 INT4_GROUP: Codec
 
 class Tensor(_message.Message):
-    __slots__ = ("dtype", "shape", "data", "codec", "logical_dtype", "scales", "group_size")
+    __slots__ = ("dtype", "shape", "data", "codec", "logical_dtype", "scales", "group_size", "channel_scales")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class Tensor(_message.Message):
     LOGICAL_DTYPE_FIELD_NUMBER: _ClassVar[int]
     SCALES_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_SCALES_FIELD_NUMBER: _ClassVar[int]
     dtype: DType
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
@@ -59,7 +60,8 @@ class Tensor(_message.Message):
     logical_dtype: DType
     scales: bytes
     group_size: int
-    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., codec: _Optional[_Union[Codec, str]] = ..., logical_dtype: _Optional[_Union[DType, str]] = ..., scales: _Optional[bytes] = ..., group_size: _Optional[int] = ...) -> None: ...
+    channel_scales: bytes
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., codec: _Optional[_Union[Codec, str]] = ..., logical_dtype: _Optional[_Union[DType, str]] = ..., scales: _Optional[bytes] = ..., group_size: _Optional[int] = ..., channel_scales: _Optional[bytes] = ...) -> None: ...
 
 class GenerateOptions(_message.Message):
     __slots__ = ("max_new_tokens", "num_beams", "min_new_tokens")

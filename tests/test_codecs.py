@@ -33,10 +33,23 @@ def test_lossy_codecs_shrink_bytes_with_bounded_error(codec, bits, tolerance):
 
 
 def test_int8_scales_are_per_token():
-    values = torch.randn(2, 3, 16)
-    values[0, 0] *= 1000  # one loud token must not drown the others
+    """A loud token gets its own scale: the others keep a small error (a per-tensor scale would give
+    them an error near their own magnitude)."""
+    values = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(0))
+    values[0, 0] *= 1000
     back = decode(encode(values, "int8"))
-    assert ((back[1] - values[1]).abs().max() / values[1].abs().max()).item() < 1e-2
+    assert ((back[1] - values[1]).abs().max() / values[1].abs().max()).item() < 0.05
+
+
+def test_int8_smoothing_beats_plain_per_token_scales_on_loud_channels():
+    """Activations with a few loud channels (as transformers have) keep more precision when channels
+    are smoothed before the per-token scale is chosen."""
+    values = torch.randn(4, 32, 384, generator=torch.Generator().manual_seed(1))
+    values[..., :4] *= 40
+    back = decode(encode(values, "int8"))
+    plain_scales = values.abs().amax(-1, keepdim=True) / 127
+    plain = torch.round(values / plain_scales) * plain_scales
+    assert (back - values).pow(2).mean() < 0.5 * (plain - values).pow(2).mean()
 
 
 def bad(**changes):

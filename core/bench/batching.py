@@ -1,0 +1,102 @@
+"""Server throughput against concurrent devices, with and without dynamic batching.
+
+One `coinfer server` process per setting; N device threads, each with its own gRPC stream, send
+precomputed hidden states (one short sentence each, as a phone would) back to back for a fixed time,
+so what is measured is the server, not the devices.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from coinfer.bench.common import pyplot, save_figure
+
+TARGET_SPEEDUP_AT_8 = 2.0
+
+
+def run(model: str = "minilm", split: int = 3, devices=(1, 2, 4, 8), seconds: float = 5.0,
+        max_batch_size: int = 8, out_dir: Path | None = None, progress=None) -> dict:
+    from coinfer.codecs import encode
+    from coinfer.demo import SENTENCES
+    from coinfer.device.client import InferenceClient
+    from coinfer.launch import ServiceProcess
+    from coinfer.models import resolve_model
+    from coinfer.protos import coinfer_pb2 as pb
+    from coinfer.split import DevicePart
+
+    src = resolve_model(model)
+    part = DevicePart(src, split)
+    requests = []
+    for i in range(max(devices)):
+        ids, mask = src.tokenize([SENTENCES[i % len(SENTENCES)]])
+        requests.append((encode(part(ids, mask)), encode(mask)))
+
+    rows = []
+    for batching in (False, True):
+        size = max_batch_size if batching else 1
+        with ServiceProcess(["server", "--model", model, "--split", str(split), "--listen", "127.0.0.1:0",
+                             "--max-batch-size", str(size)], "server", stderr=open(os.devnull, "w")) as server:
+            for n in devices:
+                counts, batch_sizes, failures = [0] * n, [], []
+                stop_at = time.perf_counter() + seconds
+
+                def client(i: int) -> None:
+                    hidden, mask = requests[i]
+                    with InferenceClient(server.address) as conn:
+                        sent = 0
+                        while time.perf_counter() < stop_at:
+                            sent += 1
+                            try:
+                                reply = conn.infer(pb.InferRequest(
+                                    request_id=f"d{i}-{sent}", split_point=split, model_id=src.name,
+                                    hidden_states=hidden, attention_mask=mask))
+                            except Exception as exc:  # counted and reported, never silently dropped
+                                failures.append(repr(exc))
+                                return
+                            counts[i] += 1
+                            batch_sizes.append(reply.timing.batch_size)
+
+                # warm the server (first calls pay for lazy initialisation), then measure
+                with InferenceClient(server.address) as conn:
+                    conn.wait_ready()
+                    for _ in range(3):
+                        conn.infer(pb.InferRequest(request_id=f"warm-{n}-{_}", split_point=split, model_id=src.name,
+                                                   hidden_states=requests[0][0], attention_mask=requests[0][1]))
+                stop_at = time.perf_counter() + seconds
+                threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+                started = time.perf_counter()
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                elapsed = time.perf_counter() - started
+                rows.append({"batching": batching, "max_batch_size": size, "devices": n,
+                             "requests": sum(counts), "throughput_rps": sum(counts) / elapsed,
+                             "mean_batch_size": sum(batch_sizes) / max(1, len(batch_sizes)),
+                             "failures": len(failures)})
+                if progress:
+                    progress(f"batching={'on' if batching else 'off'} devices={n}")
+    by = {(r["batching"], r["devices"]): r["throughput_rps"] for r in rows}
+    top = max(devices)
+    speedup = by[(True, top)] / by[(False, top)]
+    result = {"model": src.name, "split": split, "seconds": seconds, "results": rows,
+              f"speedup_at_{top}_devices": speedup, "target_speedup": TARGET_SPEEDUP_AT_8,
+              "meets_target": speedup >= TARGET_SPEEDUP_AT_8 and all(r["failures"] == 0 for r in rows)}
+    if out_dir is not None:
+        result["plot"] = _plot(rows, out_dir)
+    return result
+
+
+def _plot(rows, out_dir) -> str:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for batching in (False, True):
+        points = [(r["devices"], r["throughput_rps"]) for r in rows if r["batching"] == batching]
+        ax.plot(*zip(*points), marker="o", label="dynamic batching" if batching else "one request at a time")
+    ax.set_xlabel("concurrent devices")
+    ax.set_ylabel("server throughput (requests/s)")
+    ax.set_title("Server batching")
+    ax.legend(fontsize=8)
+    return save_figure(fig, out_dir, "batching")
