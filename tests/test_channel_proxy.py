@@ -78,13 +78,16 @@ def test_transfer_time_matches_size_over_rate(sink, size, rate, delay):
 
 @pytest.mark.parametrize("size, rate", [(1500, 1e6), (16 * KiB, 10e6), (64 * KiB, 100e6)])
 def test_small_transfers_are_accurate_too(sink, size, rate):
-    # 5-13 ms transfers: no burst credit after idle, so the time is size/rate to within ~2 ms.
+    # 5-13 ms transfers. Never faster than size/rate: an idle link earns no burst credit (a 4 ms
+    # burst would show here). Slower only by the path's latency, a few ms at most when the machine
+    # is busy.
     expected = size * 8 / rate
     with emulator(sink.port, rate_bps=rate) as emu:
         timed_transfer(emu.port, 100, sink)            # warm the path up
         time.sleep(0.05)                               # then idle: must earn no credit
-        retry_timing(lambda: timed_transfer(emu.port, size, sink)[0],
-                     lambda t: abs(t - expected) <= 0.05 * expected + 0.002)
+        times = [timed_transfer(emu.port, size, sink)[0] for _ in range(5)]
+    assert min(times) >= 0.95 * expected, times
+    assert min(times) <= 1.05 * expected + 0.005, times
 
 
 def test_delay_applies_one_way_in_each_direction(sink):
@@ -97,8 +100,9 @@ def test_delay_applies_one_way_in_each_direction(sink):
                 s.shutdown(socket.SHUT_WR)
                 assert s.recv(10) == b"r"
                 return time.monotonic() - t0
-        # ping reaches the server after 40 ms (its EOF too), the reply comes back 40 ms later.
-        retry_timing(round_trip, lambda t: 0.08 <= t <= 0.095)
+        # ping reaches the server after 40 ms (its EOF too), the reply comes back 40 ms later;
+        # never sooner, and later only by the path's latency.
+        retry_timing(round_trip, lambda t: 0.08 <= t <= 0.1, attempts=5)
 
 
 def test_downlink_rate(sink):
@@ -250,20 +254,25 @@ def test_trace_mode_follows_the_trace(tmp_path, timeline_sink):
 def test_connections_share_the_uplink_fairly(timeline_sink):
     rate, size = 16e6, 1 * MiB
     with emulator(timeline_sink.port, rate_bps=rate) as emu:
-        starts = []
-        senders = [threading.Thread(target=lambda: starts.append(send_bytes(emu.port, size)))
-                   for _ in range(2)]
-        for t in senders:
-            t.start()
-        for t in senders:
-            t.join()
-        a, b = timeline_sink.next_result(), timeline_sink.next_result()
-    t0 = min(starts)
-    # Together they take the time of both payloads at the one rate...
-    assert max(a.t_last, b.t_last) - t0 == pytest.approx(2 * size * 8 / rate, rel=0.05)
-    # ...and half way through each has had about half the link.
-    mid = t0 + size * 8 / rate
-    assert a.bytes_by(mid) == pytest.approx(b.bytes_by(mid), rel=0.1)
+        def attempt():
+            starts = []
+            senders = [threading.Thread(target=lambda: starts.append(send_bytes(emu.port, size)))
+                       for _ in range(2)]
+            for t in senders:
+                t.start()
+            for t in senders:
+                t.join()
+            a, b = timeline_sink.next_result(), timeline_sink.next_result()
+            total = max(a.t_last, b.t_last) - min(starts)
+            # While both are sending, each gets half the link.
+            lo, hi = max(a.t_first, b.t_first) + 0.02, min(a.t_last, b.t_last) - 0.02
+            share = (a.bytes_by(hi) - a.bytes_by(lo)) / max(1, a.bytes_by(hi) - a.bytes_by(lo)
+                                                           + b.bytes_by(hi) - b.bytes_by(lo))
+            return total, share, hi - lo
+        # Together they take the time of both payloads at the one rate, and share it half and half
+        # over (at least) half a second of overlap.
+        retry_timing(attempt, lambda r: abs(r[0] / (2 * size * 8 / rate) - 1) <= 0.05
+                     and abs(r[1] - 0.5) <= 0.05 and r[2] >= 0.5)
 
 
 def test_a_small_message_is_not_stuck_behind_a_bulk_transfer(sink):
@@ -390,15 +399,33 @@ def test_unreachable_upstream_closes_the_client():
 def test_nothing_leaks_after_1000_connections(options):
     proc = psutil.Process()
     with EchoServer() as echo, ChannelEmulator(upstream=f"127.0.0.1:{echo.port}", **options) as emu:
-        asyncio.run(many_echo_clients(emu.port, 20, 10))        # warm up
-        fds, threads = proc.num_fds(), proc.num_threads()
+        asyncio.run(many_echo_clients(emu.port, 20, 10))        # warm up, then let it settle
+        wait_until(lambda: emu.stats().connections_active == 0)
+        fds, threads = settled(lambda: (proc.num_fds(), proc.num_threads()))
         asyncio.run(many_echo_clients(emu.port, 1000, 50))
         wait_until(lambda: emu.stats().connections_active == 0)
         # Every socket, pipe and thread opened for those connections is gone again.
-        wait_until(lambda: proc.num_fds() == fds and proc.num_threads() == threads,
+        wait_until(lambda: proc.num_fds() <= fds and proc.num_threads() <= threads,
                    message=lambda: f"fds {fds} -> {proc.num_fds()}, threads {threads} -> {proc.num_threads()}")
         stats = emu.stats()
         assert stats.connections_total == 1020 and stats.bytes_up == stats.bytes_down == 1020 * 100
+
+
+def test_start_stop_releases_threads_and_sockets():
+    # The demo starts and stops emulators in-process: each stop must take its loop thread, its
+    # control server's threads and every socket with it.
+    proc = psutil.Process()
+
+    def cycle():
+        with emulator(free_closed_port(), rate_bps=1e6, control="127.0.0.1:0") as emu, \
+                ChannelControlClient(emu.control_address) as control:
+            assert control.set_tx_power(0.1).tx_power_w == 0.1
+    cycle()                                           # grpc's process-wide threads start here
+    fds, threads = proc.num_fds(), proc.num_threads()
+    for _ in range(3):
+        cycle()
+    wait_until(lambda: proc.num_fds() <= fds and proc.num_threads() <= threads,
+               message=lambda: f"fds {fds} -> {proc.num_fds()}, threads {threads} -> {proc.num_threads()}")
 
 
 async def many_echo_clients(port: int, count: int, concurrency: int) -> None:
@@ -489,6 +516,19 @@ def wait_until(condition, timeout_s: float = 5.0, message=None) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met in {timeout_s}s" + (f": {message()}" if message else ""))
         time.sleep(0.02)
+
+
+def settled(read, timeout_s: float = 5.0):
+    """read() once it gives the same value twice, 100 ms apart (sockets close asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    value = read()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        again = read()
+        if again == value:
+            return value
+        value = again
+    return value
 
 
 def recv_all(sock: socket.socket) -> bytes:

@@ -143,17 +143,13 @@ def test_kernel_shapes_the_uplink_between_two_hosts(two_hosts):
             # (rated a little above 20 Mbit/s: tbf counts frame headers, the payload should get 20)
             assert qdisc_rate(dev_ns, dev_if) == pytest.approx(20e6 * 1514 / 1448, rel=0.01)
             size = 2 * 1024 * 1024                                  # ~0.84 s at 20 Mbit/s
-            elapsed = transfer(size)
-            print(f"tc 20 Mbit/s: {elapsed:.4f} s, expected {size * 8 / 20e6 + delay:.4f} s")
-            assert elapsed == pytest.approx(size * 8 / 20e6 + delay, rel=0.05)
+            within(lambda: transfer(size), size * 8 / 20e6 + delay)
             # A rate change through the control service re-rates the kernel's class.
             with InNs(dev_ns, ["-c", CONTROL, f"127.0.0.1:{control}", "5e6"]) as ctl:
                 assert float(ctl.line()) == 5e6
             assert qdisc_rate(dev_ns, dev_if) == pytest.approx(5e6 * 1514 / 1448, rel=0.01)
             size = 512 * 1024                                       # ~0.84 s at 5 Mbit/s
-            elapsed = transfer(size)
-            print(f"tc 5 Mbit/s: {elapsed:.4f} s, expected {size * 8 / 5e6 + delay:.4f} s")
-            assert elapsed == pytest.approx(size * 8 / 5e6 + delay, rel=0.05)
+            within(lambda: transfer(size), size * 8 / 5e6 + delay)
         # Stopping the emulator removes its qdisc.
         assert "tbf" not in sh("ip", "netns", "exec", dev_ns, "tc", "qdisc", "show", "dev", dev_if).stdout
 
@@ -164,3 +160,14 @@ def qdisc_rate(ns: str, dev: str) -> float:
     match = re.search(r"rate (\d+(?:\.\d+)?)([KMG]?)bit", text)
     assert match, text
     return float(match.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[match.group(2)]
+
+
+def within(measure, expected: float, rel: float = 0.05, attempts: int = 3) -> None:
+    """A busy machine only slows transfers down: up to 3 attempts, one must be within 5 %."""
+    results = []
+    for _ in range(attempts):
+        results.append(measure())
+        print(f"kernel-shaped transfer: {results[-1]:.4f} s, expected {expected:.4f} s")
+        if abs(results[-1] - expected) <= rel * expected:
+            return
+    pytest.fail(f"no attempt within {rel:.0%} of {expected:.4f} s: {results}")

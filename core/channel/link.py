@@ -143,5 +143,12 @@ class SharedLink:
     def _complete(self) -> None:
         head, self._head = self._head, None
         self._t_free = head.finish
-        if not head.future.done():
-            head.future.set_result(head.finish)
+        # Resolve on the next loop turn, never inside transmit(): a sender whose grant is already
+        # due (the schedule running behind a busy clock) must still yield, so the other senders'
+        # requests queue between its quanta and round robin holds.
+        self._loop.call_soon(_resolve, head.future, head.finish)
+
+
+def _resolve(future: asyncio.Future, value: float) -> None:
+    if not future.done():
+        future.set_result(value)
