@@ -130,8 +130,11 @@ class ExactAllReduce:
 
     def __call__(self, partial: torch.Tensor, tag: str) -> torch.Tensor:
         started = time.perf_counter()
-        out = partial.contiguous().clone()
-        dist.all_reduce(out)
+        if dist.get_world_size() == 1:
+            out = partial  # a group of one has nothing to add (Megatron skips it too)
+        else:
+            out = partial.contiguous().clone()
+            dist.all_reduce(out)
         if self.records is not None:
             self.records.append(AllReduceRecord(tag, self.mode, out.numel(), time.perf_counter() - started))
         return out

@@ -82,10 +82,11 @@ def _worker_main(rank: int, world: int, store_path: str, model: str, seed: int, 
         torch.set_num_threads(threads)
         from coinfer.models import resolve_model
 
+        conn.send(("joining", None))  # imports done: the leader may now wait in the rendezvous
         _init_rank(rank, world, store_path, timeout_s)
         dist.barrier()  # matches the leader's: every pair connected before anyone goes on
         part = ShardedDevicePart(resolve_model(model, seed=seed), split, shards(heads, columns)[rank])
-        reducers = {"exact": ExactAllReduce()}
+        exact = ExactAllReduce()
         conn.send(("ready", part.shard_parameters()))
         parent = os.getppid()
         while True:
@@ -97,10 +98,7 @@ def _worker_main(rank: int, world: int, store_path: str, model: str, seed: int, 
             if command[0] == "stop":
                 break
             _, mode, probe, shape = command
-            if mode == "aircomp":
-                reducer = AirCompAllReduce(None, probe=probe)
-            else:
-                reducer = reducers["exact"]
+            reducer = AirCompAllReduce(None, probe=probe) if mode == "aircomp" else exact
             _, timing = _run_forward(part, reducer, tuple(shape), rank)
             conn.send(("done", timing))
     except Exception:  # noqa: BLE001 - the leader reports it; a worker has no terminal of its own
@@ -143,6 +141,7 @@ class DeviceGroup:
         self._procs: list[mp.Process] = []
         self._conns = []
         self._closed = False
+        self._broken: str | None = None
         try:
             self._start(model, seed, threads, start_timeout_s)
         except BaseException:
@@ -162,8 +161,12 @@ class DeviceGroup:
             there.close()
             self._procs.append(proc)
             self._conns.append(here)
+        # The rendezvous cannot be interrupted, so enter it only once every worker is about to: a worker
+        # that fails to start is reported here, by its traceback, instead of after the store's timeout.
+        for rank, conn in enumerate(self._conns, start=1):
+            self._expect(conn, rank, "joining", start_timeout_s)
         torch.set_num_threads(threads)
-        _init_rank(0, self.world, store_path, start_timeout_s)
+        _init_rank(0, self.world, store_path, self.timeout_s)
         dist.barrier()  # init returns before every peer is connected; a failed start shows here, not later
         self.part = ShardedDevicePart(self.src, self.split, shards(self.assignment.heads, self.assignment.columns)[0])
         self.shard_parameters = [self.part.shard_parameters()]
@@ -177,12 +180,31 @@ class DeviceGroup:
                 raise RuntimeError(f"group rank {rank} exited (status {self._procs[rank - 1].exitcode})")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"group rank {rank}: no '{what}' within {timeout_s:.0f} s")
-        kind, payload = conn.recv()
+        try:
+            kind, payload = conn.recv()
+        except EOFError:
+            raise RuntimeError(f"group rank {rank} exited (status {self._procs[rank - 1].exitcode})") from None
         if kind == "error":
             raise RuntimeError(f"group rank {rank} failed:\n{payload}")
         if kind != what:
             raise RuntimeError(f"group rank {rank}: expected '{what}', got '{kind}'")
         return payload
+
+    def _failure(self) -> RuntimeError:
+        """Why the group broke: a worker's traceback, or which worker exited."""
+        for rank, conn in enumerate(self._conns, start=1):
+            try:
+                if conn.poll(0.5):
+                    kind, payload = conn.recv()
+                    if kind == "error":
+                        return RuntimeError(f"group rank {rank} failed:\n{payload}")
+            except (EOFError, OSError):
+                pass
+            proc = self._procs[rank - 1]
+            proc.join(0.5)
+            if not proc.is_alive():
+                return RuntimeError(f"group rank {rank} exited (status {proc.exitcode})")
+        return RuntimeError("the device group failed")
 
     @property
     def runs_alone(self) -> bool:
@@ -199,26 +221,25 @@ class DeviceGroup:
             raise UsageError("over-the-air mode needs a receiver (channel gains, powers, noise)")
         if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
             raise UsageError("input ids and attention mask must both be [batch, seq]")
+        if self._broken is not None:
+            raise RuntimeError(f"the device group is broken ({self._broken}); close it and start a new one")
         shape = tuple(int(s) for s in input_ids.shape)
-        for conn in self._conns:
-            conn.send(("forward", mode, probe, shape))
         if mode == "aircomp":
             self.receiver.redraw()  # a new fading block per request (no-op without fading)
             reducer = AirCompAllReduce(self.receiver, probe=probe, records=self.records)
         else:
             reducer = ExactAllReduce(self.records)
         try:
+            for conn in self._conns:
+                conn.send(("forward", mode, probe, shape))
             out, timing = _run_forward(self.part, reducer, shape, 0, input_ids, attention_mask)
+            self.last_timings = [timing] + [self._expect(conn, rank, "done", self.timeout_s)
+                                            for rank, conn in enumerate(self._conns, start=1)]
         except Exception as exc:
-            # A collective failed: most likely a worker died. Its traceback is the useful message.
-            for rank, conn in enumerate(self._conns, start=1):
-                if conn.poll(0.5):
-                    kind, payload = conn.recv()
-                    if kind == "error":
-                        raise RuntimeError(f"group rank {rank} failed:\n{payload}") from exc
-            raise
-        self.last_timings = [timing] + [self._expect(conn, rank, "done", self.timeout_s)
-                                        for rank, conn in enumerate(self._conns, start=1)]
+            # A send or a collective failed, most likely because a worker died: say which, and why.
+            failure = exc if isinstance(exc, RuntimeError) and str(exc).startswith("group rank") else self._failure()
+            self._broken = str(failure).splitlines()[0]
+            raise failure from exc
         return out
 
     __call__ = forward

@@ -201,3 +201,21 @@ def test_cli_sends_the_group_output_to_a_server():
 def test_cli_usage_errors(args, message):
     out = coinfer("group", "--model", "random:bert-tiny", *args)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_dead_rank_is_reported_not_waited_for(tiny_bert):
+    ids = torch.randint(1000, 2000, (2, 6))
+    mask = torch.ones_like(ids)
+    group = DeviceGroup("random:bert-tiny", 2, [2, 1, 1], [40, 40, 48], timeout_s=60)
+    try:
+        assert group(ids, mask).shape == (2, 6, 64)
+        victim = group._procs[0]
+        victim.kill()
+        victim.join()
+        with pytest.raises(RuntimeError, match="rank 1 exited"):
+            group(ids, mask)
+        with pytest.raises(RuntimeError, match="broken"):
+            group(ids, mask)
+    finally:
+        group.close()
+    assert not any(p.is_alive() for p in group._procs)
