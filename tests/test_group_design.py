@@ -169,3 +169,18 @@ def test_expected_mse_grows_with_the_noise():
         nmse = [plan_group(shape, 2, devices, GroupChannel(noise_psd_w_per_hz=dbm_per_hz_to_w(n0)),
                            design=design).ffn_design.nmse for n0 in (-180, -170, -160, -150)]
         assert all(a < b for a, b in zip(nmse, nmse[1:]))
+
+
+def test_rayleigh_fading_redraws_the_channel_and_the_design_follows():
+    rx = AirReceiver([1e-9, 1e-9], 0.2, 4e-14, "zf", fading="rayleigh", seed=2)
+    still = AirReceiver([1e-9, 1e-9], 0.2, 4e-14, "zf", fading="none", seed=2)
+    before = rx.h.copy()
+    rx.redraw()
+    still.redraw()
+    assert not np.allclose(np.abs(rx.h), np.abs(before))   # new block: new magnitudes
+    assert np.array_equal(still.h, before)                  # no fading: the channel stays
+    design = rx.design(np.array([1.0, 1.0]))
+    assert np.allclose(design.gains, 1.0) and np.all(design.tx_power <= 0.2 * (1 + 1e-9))
+    # The pre-rotation undoes each channel's phase: h_i b_i is real and positive.
+    hb = rx.h * rx.transmit_scalars(design)
+    assert np.allclose(hb.imag, 0.0, atol=1e-12 * np.abs(hb).max()) and np.all(hb.real > 0)
