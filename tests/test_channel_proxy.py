@@ -240,7 +240,11 @@ def test_trace_mode_follows_the_trace(tmp_path, timeline_sink):
         origin = emu.clock_origin
         send_bytes(emu.port, int(12e6 / 8 * 0.6 + 3e6 / 8 * 0.5 + 12e6 / 8 * 0.3))
         got = timeline_sink.next_result()
-        assert emu.stats().gain_source == "trace"
+        stats = emu.stats()
+        assert stats.gain_source == "trace"
+        # The time-weighted mean rate is the trace's, integrated up to now.
+        u = stats.uptime_s
+        assert stats.mean_rate_bps == pytest.approx((12e6 * 0.6 + 3e6 * 0.5 + 12e6 * (u - 1.1)) / u, rel=1e-4)
 
     def rate_between(a, z):
         return (got.bytes_by(origin + z) - got.bytes_by(origin + a)) * 8 / (z - a)

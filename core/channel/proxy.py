@@ -5,7 +5,8 @@ Per direction, three small tasks on non-blocking sockets:
   reader  reads ahead and stamps each chunk with its arrival time (so a busy link does not make the
           arrival times late), up to QUEUE_HIGH_BYTES, then waits (backpressure);
   sender  takes one quantum at a time through the link and writes it at the quantum's ideal end;
-  delay   (only with a delay) holds each quantum until end + delay, then writes it.
+  delay   (only with a delay) holds each quantum until end + delay, then writes it; at most
+          DELAY_LINE_BYTES wait there, which at an unlimited rate caps throughput at 32 MiB / delay.
 When the link is unlimited and there is no delay, the reader moves the bytes itself with splice(2)
 through a pipe (no copy into Python), which is what the overhead benchmark measures; it switches
 back to the queue as soon as the link is limited again, never reordering bytes.
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 READ_SIZE = 256 << 10
 QUEUE_HIGH_BYTES = 1 << 20        # stop reading a side when this much waits for the link
 QUEUE_LOW_BYTES = 256 << 10       # resume below this
+DELAY_LINE_BYTES = 32 << 20       # at most this much in flight in a delay line (a receiver that
+                                  # stops reading, or an unlimited rate, must not grow it forever)
 PIPE_BYTES = 1 << 20
 SPLICE_OK = hasattr(os, "splice")
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if SPLICE_OK else 0
@@ -53,7 +56,10 @@ class _Direction:
         self.space.set()
         self.sender_busy = False
         self.delayed: deque = deque()        # (due, memoryview | _EOF)
+        self.delayed_bytes = 0
         self.delayed_ready = asyncio.Event()
+        self.delayed_space = asyncio.Event()
+        self.delayed_space.set()
         self.last_finish = -math.inf
         self.done = False                    # EOF passed on to dst
         self.pipe: tuple[int, int] | None = None
@@ -134,6 +140,9 @@ class _Direction:
             t_arrival, view = self.queue[0]
             if view is _EOF:
                 break
+            while self.delayed_bytes >= DELAY_LINE_BYTES:
+                self.delayed_space.clear()
+                await self.delayed_space.wait()
             self.sender_busy = True
             n = len(view) if self.link.unlimited else min(len(view), self.link.quantum)
             finish = await self.link.transmit(n, t_arrival)
@@ -147,6 +156,7 @@ class _Direction:
             self.last_finish = finish
             if self.delay_s > 0:
                 self.delayed.append((finish + self.delay_s, view[:n]))
+                self.delayed_bytes += n
                 self.delayed_ready.set()
             else:
                 await self.loop.sock_sendall(self.dst, view[:n])
@@ -172,6 +182,9 @@ class _Direction:
                 return
             await self.loop.sock_sendall(self.dst, piece)
             self.add_bytes(len(piece))
+            self.delayed_bytes -= len(piece)
+            if self.delayed_bytes < DELAY_LINE_BYTES:
+                self.delayed_space.set()
 
     def _pass_eof(self) -> None:
         try:
