@@ -68,13 +68,15 @@ def test_bad_options_exit_2_naming_the_option(args, complaint):
     assert complaint in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_busy_listen_port_is_a_usage_error():
+@pytest.mark.parametrize("option", ["--listen", "--control"])
+def test_busy_port_is_a_usage_error_naming_the_option(option):
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "coinfer", "channel", "--listen", f"127.0.0.1:{port}",
+        proc = subprocess.run([sys.executable, "-m", "coinfer", "channel", option, f"127.0.0.1:{port}",
                                "--upstream", "127.0.0.1:9", "--unlimited"],
                               capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--listen" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: {option}: cannot listen on 127.0.0.1:{port}" in proc.stderr
 
 
 def test_unlimited_process_reports_infinite_rate(tmp_path):

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from coinfer.channel.control import ControlListenError
     from coinfer.channel.emulator import ChannelEmulator
     from coinfer.channel.tc import TcError, why_not
     from coinfer.errors import UsageError
@@ -94,9 +95,10 @@ def run(args: argparse.Namespace) -> int:
         emu.start()
     except TcError as exc:
         raise UsageError(f"--tc-dev {args.tc_dev}: {exc}") from None
+    except ControlListenError as exc:
+        raise UsageError(f"--control: {exc}") from None
     except OSError as exc:
-        where = f"--listen {args.listen}" + (f" or --control {args.control}" if args.control else "")
-        raise UsageError(f"cannot listen on {where}: {exc}") from None
+        raise UsageError(f"--listen: cannot listen on {args.listen}: {exc.strerror or exc}") from None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

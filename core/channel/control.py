@@ -38,6 +38,10 @@ def stats_from_proto(msg: channel_pb2.ChannelStats) -> ChannelStats:
     return ChannelStats(**values)
 
 
+class ControlListenError(OSError):
+    """The control service could not bind its address."""
+
+
 class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
     """Turns each call into one thread-safe call on a running ChannelEmulator."""
 
@@ -93,7 +97,7 @@ def start_control_server(emulator, address: str) -> tuple[_ControlServer, int]:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:      # grpc's way of saying it could not bind
         executor.shutdown(wait=False)
-        raise OSError(f"cannot listen for control on {address}: {exc}") from None
+        raise ControlListenError(f"cannot listen on {address}: {str(exc).split(';')[0]}") from None
     server.start()
     return _ControlServer(server, executor), port
 
