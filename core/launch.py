@@ -1,7 +1,8 @@
 """Starting coinfer services as child processes and learning the address they bound.
 
-A service started with port 0 prints 'listening on HOST:PORT' on stdout once it serves; the parent
-reads that line, so no port is ever guessed (and none can be taken by someone else in between).
+A service started with port 0 prints 'listening on HOST:PORT' on stdout once it serves (and, for
+other endpoints, e.g. 'control on HOST:PORT'); the parent reads those lines, so no port is ever guessed
+(and none can be taken by someone else in between).
 """
 from __future__ import annotations
 
@@ -13,28 +14,31 @@ import sys
 import threading
 import time
 
-_LISTENING = re.compile(r"^listening on (\S+:\d+)\s*$")
+# "[coinfer NAME: ]ENDPOINT on HOST:PORT[ anything]"
+_ENDPOINT = re.compile(r"^(?:coinfer [\w-]+: )?(\w+) on (\S+:\d+)(?:\s|$)")
 
 
 class ServiceProcess:
     """`python -m coinfer ARGS` as a child; `address` is set once it listens. Always stop() it."""
 
-    def __init__(self, args: list[str], name: str, ready_timeout_s: float = 180.0, stderr=None):
+    def __init__(self, args: list[str], name: str, ready_timeout_s: float = 180.0, stderr=None,
+                 expect: tuple[str, ...] = ("listening",)):
         self.name = name
+        self.endpoints: dict[str, str] = {}
         self.proc = subprocess.Popen([sys.executable, "-m", "coinfer", *args], stdout=subprocess.PIPE,
                                      stderr=stderr, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.address = self._wait_for_address(ready_timeout_s)
+        self.address = self._wait_for_endpoints(expect, ready_timeout_s)
 
-    def _wait_for_address(self, timeout_s: float) -> str:
-        found: list[str] = []
+    def _wait_for_endpoints(self, expect: tuple[str, ...], timeout_s: float) -> str:
         done = threading.Event()
 
         def read() -> None:
             for line in self.proc.stdout:
-                match = _LISTENING.match(line)
-                if match and not found:
-                    found.append(match.group(1))
-                    done.set()
+                match = _ENDPOINT.match(line)
+                if match:
+                    self.endpoints.setdefault(match.group(1), match.group(2))
+                    if all(name in self.endpoints for name in expect):
+                        done.set()
             done.set()  # stdout closed: the process ended
 
         threading.Thread(target=read, name=f"{self.name}-stdout", daemon=True).start()
@@ -43,10 +47,10 @@ class ServiceProcess:
             if time.monotonic() > deadline:
                 self.stop()
                 raise TimeoutError(f"{self.name} did not start listening within {timeout_s:.0f} s")
-        if not found:
+        if not all(name in self.endpoints for name in expect):
             code = self.proc.wait()
             raise RuntimeError(f"{self.name} exited with status {code} before listening")
-        return found[0]
+        return self.endpoints[expect[0]]
 
     @property
     def port(self) -> int:

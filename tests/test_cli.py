@@ -24,6 +24,16 @@ def test_demo_json_matches_the_whole_model():
     assert summary["max_abs_diff_vs_monolithic"] <= 1e-5
     assert 0 < summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
     assert summary["bytes_sent"] > 4 * 2 * 384 * 4  # four requests of fp32 hidden states at least
+    channel = summary["channel"]  # the device went through the channel emulator: no faster than R(p)
+    assert 11.0e6 < channel["rate_bps"] < 11.6e6  # B log2(1 + g p / (B N0)) with the demo's defaults
+    assert summary["transfer_ms_p50"] >= 0.9 * channel["predicted_transfer_ms_p50"]
+
+
+def test_demo_without_channel_goes_straight_to_the_server():
+    out = coinfer("demo", "--json", "--requests", "2", "--no-channel", "--model", "random:bert-tiny", "--split", "2")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["channel"] is None and summary["ok"] == 2
 
 
 def test_demo_table_has_a_row_per_request():

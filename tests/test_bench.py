@@ -1,0 +1,33 @@
+"""`coinfer bench --quick` runs every section in CI time and writes JSON, plots and a summary.
+
+Targets are measured, not asserted here: timing targets belong to benchmark runs, not unit tests.
+"""
+import json
+import subprocess
+import sys
+
+
+def test_quick_bench_writes_every_section(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "coinfer", "bench", "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["quick"] is True and report["machine"]["logical_cores"] >= 1
+    for name in ("split", "codecs", "pruning", "batching", "planner", "channel", "memory"):
+        section = report["sections"][name]
+        assert "error" not in section, section.get("traceback")
+    for name in ("split", "codecs", "pruning", "batching", "channel", "memory"):
+        assert (tmp_path / report["sections"][name]["plot"]).stat().st_size > 1000
+    assert len(report["summary"]) == 9 and all(row["value"] != "n/a" for row in report["summary"])
+    split = report["sections"]["split"]["results"][0]
+    assert split["max_abs_diff"] <= 1e-5 and split["ratio"] > 0
+    assert "| measure | value | target | met |" in (tmp_path / "summary.md").read_text()
+
+
+def test_hardware_report_names_what_is_missing():
+    out = subprocess.run([sys.executable, "-m", "coinfer", "bench", "--hardware"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0
+    machine = json.loads(out.stdout)
+    for probe in ("nvml", "rapl", "cpufreq", "cuda"):
+        assert machine[probe]["available"] or machine[probe]["reason"]
