@@ -133,6 +133,8 @@ class DeviceGroup:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         self.world = self.assignment.devices
+        if receiver is not None and receiver.gains.shape != (self.world,):
+            raise UsageError(f"the receiver knows {receiver.gains.size} channels, the group has {self.world} devices")
         self.split, self.receiver, self.timeout_s = split, receiver, timeout_s
         self.records: list[AllReduceRecord] = []
         self.last_timings: list[RankTiming] = []

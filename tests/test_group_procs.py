@@ -219,3 +219,10 @@ def test_a_dead_rank_is_reported_not_waited_for(tiny_bert):
     finally:
         group.close()
     assert not any(p.is_alive() for p in group._procs)
+
+
+def test_a_receiver_for_another_group_size_is_refused_before_anything_starts():
+    from coinfer.errors import UsageError
+
+    with pytest.raises(UsageError, match="3 channels"):
+        DeviceGroup("random:bert-tiny", 2, [2, 2], [64, 64], receiver=AirReceiver([1e-9] * 3, 0.2, NOISE_W))
