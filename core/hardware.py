@@ -7,10 +7,6 @@ import os
 import platform
 from pathlib import Path
 
-RAPL_ROOT = Path("/sys/class/powercap")
-CPUFREQ_MAX = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq")
-
-
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -23,23 +19,16 @@ def cpu_model() -> str:
 
 def rapl_status() -> dict:
     """Whether a RAPL package energy counter is readable (CPU energy measured, not modelled)."""
-    zones = sorted(RAPL_ROOT.glob("intel-rapl:*/energy_uj")) if RAPL_ROOT.exists() else []
-    for zone in zones:
-        try:
-            int(zone.read_text())
-            return {"available": True, "zone": str(zone.parent)}
-        except (OSError, ValueError):
-            continue
-    reason = "no /sys/class/powercap" if not RAPL_ROOT.exists() else "no readable intel-rapl energy_uj"
-    return {"available": False, "reason": reason}
+    from coinfer.energy import rapl_probe
+
+    return rapl_probe()
 
 
 def cpufreq_status() -> dict:
     """Whether the CPU frequency cap can be set for real (otherwise coinfer emulates it)."""
-    if not CPUFREQ_MAX.exists():
-        return {"available": False, "reason": f"{CPUFREQ_MAX} absent"}
-    writable = os.access(CPUFREQ_MAX, os.W_OK)
-    return {"available": writable, "reason": None if writable else "scaling_max_freq not writable"}
+    from coinfer.frequency import cpufreq_probe
+
+    return cpufreq_probe()
 
 
 def nvml_status() -> dict:
