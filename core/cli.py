@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "coinfer.demo",
     "coinfer.bench.cli",
     "coinfer.planner.cli",
+    "coinfer.planner.service_cli",
     "coinfer.channel.cli",
 ]
 

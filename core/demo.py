@@ -47,6 +47,15 @@ def register(subparsers) -> None:
     parser.add_argument("--warmup", type=int, default=1,
                         help="requests sent first and left out of the numbers (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON summary object instead of the table")
+    loop = parser.add_argument_group("closed loop (planner + server + channel + device, plans applied live)")
+    loop.add_argument("--closed-loop", action="store_true",
+                      help="also start the planner; device and server follow its plans (see coinfer.closed_loop)")
+    loop.add_argument("--scenario", choices=["step-fade"],
+                      help="step-fade: the channel gain drops by 10 dB halfway through --duration")
+    loop.add_argument("--duration", type=float, default=16.0,
+                      help="seconds of requests after the delay limit is set (default: %(default)s)")
+    loop.add_argument("--calibrate-s", type=float, default=5.0,
+                      help="seconds the planner measures the machine before the limit is set (default: %(default)s)")
     channel = parser.add_argument_group("channel emulator (device -> server)")
     channel.add_argument("--no-channel", action="store_true", help="connect the device straight to the server")
     channel.add_argument("--bandwidth-hz", type=float, default=1e6, help="uplink bandwidth B (default: %(default)g)")
@@ -80,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.requests < 1 or args.batch_size < 1:
         raise UsageError("--requests and --batch-size must be at least 1")
+    if args.scenario and not args.closed_loop:
+        raise UsageError("--scenario needs --closed-loop")
+    if args.closed_loop:
+        from coinfer.closed_loop import run_closed_loop
+
+        if args.no_channel:
+            raise UsageError("--closed-loop needs the channel emulator (drop --no-channel)")
+        return run_closed_loop(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     rho_device = args.rho if args.rho_device is None else args.rho_device

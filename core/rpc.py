@@ -4,6 +4,8 @@ from __future__ import annotations
 # gRPC's default 4 MiB limit is below one bert-base activation at batch 8 x 512 tokens (12.6 MB),
 # so both ends raise it explicitly; a larger request is refused with RESOURCE_EXHAUSTED.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# Trailing metadata on a refusal: the plan epoch the server holds (streams carry it in the reply).
+EPOCH_METADATA = "coinfer-plan-epoch"
 
 
 def message_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:

@@ -15,18 +15,31 @@ import grpc
 
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.protos import coinfer_pb2_grpc as pb_grpc
-from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, message_options
+from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, EPOCH_METADATA, message_options
 
 _CLOSE = object()
 
 
-class InferenceError(Exception):
-    """The server refused or failed a request; `code` is the grpc.StatusCode."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+
+class InferenceError(Exception):
+    """The server refused or failed a request; `code` is the grpc.StatusCode, `server_epoch` the plan
+    epoch the server held when it refused (when it said)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, server_epoch: int | None = None):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        self.server_epoch = server_epoch
+
+
+def _from_rpc_error(exc: grpc.RpcError) -> InferenceError:
+    epoch = None
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == EPOCH_METADATA and value.isdigit():
+            epoch = int(value)
+    return InferenceError(_code_of(exc), _details_of(exc), epoch)
 
 
 def _status_code(value: int) -> grpc.StatusCode:
@@ -119,7 +132,7 @@ class InferenceClient:
         try:
             return self.stub.Info(pb.InfoRequest(), timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            raise InferenceError(exc.code(), exc.details()) from None
+            raise _from_rpc_error(exc) from None
 
     def _open_stream(self) -> _Stream:
         with self._stream_lock:
@@ -134,7 +147,7 @@ class InferenceClient:
             try:
                 reply = self.stub.Infer(request, timeout=timeout_s)
             except grpc.RpcError as exc:
-                raise InferenceError(exc.code(), exc.details()) from None
+                raise _from_rpc_error(exc) from None
         else:
             stream = self._open_stream()
             future = stream.submit(request)
@@ -145,7 +158,7 @@ class InferenceClient:
                 raise InferenceError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                      f"no reply to {request.request_id} within {timeout_s} s") from None
         if reply.HasField("error"):
-            raise InferenceError(_status_code(reply.error.code), reply.error.message)
+            raise InferenceError(_status_code(reply.error.code), reply.error.message, reply.plan_epoch)
         return reply
 
     def close(self) -> None:

@@ -1,20 +1,60 @@
-"""The device half at work: tokenise, run the embedding and blocks 1..k, send, return the answer."""
+"""The device half at work: tokenise, run the embedding and blocks 1..k, send, return the answer.
+
+The device runs under a plan (epoch, split point, pruning, codec, frequency cap, transmit power).
+Applying a plan builds what it needs beside the current state and swaps between requests' device
+computes, so a request's hidden states always come from one plan. When the server refuses a request
+because it holds another epoch, the device waits until it holds at least that epoch itself (its plan
+watcher delivers it), recomputes under its current plan if that changed, and re-sends under the same
+request id: nothing is lost, nothing is counted twice.
+"""
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 
+import grpc
 import torch
 
-from coinfer.codecs import decode, encode
-from coinfer.device.client import InferenceClient
+from coinfer.codecs import CODECS, decode, encode
+from coinfer.device.client import InferenceClient, InferenceError
+from coinfer.energy import PowerModel, make_meter
 from coinfer.errors import UsageError
+from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.pruning import Pruner, check_method, check_ratio
+from coinfer.retry import RetryPolicy
 from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES
 from coinfer.split import OUTPUT_GENERATED_TOKENS, OUTPUT_SENTENCE_EMBEDDING, DevicePart, GenerationOptions
+
+log = logging.getLogger(__name__)
+
+# The device's power model where energy is not measured: the default system's mobile core.
+DEFAULT_DEVICE_POWER = PowerModel(pue=1.0, power_coeff=1.0e-28)
+DEFAULT_DEVICE_MAX_FREQ_HZ = 2.0e9
+RESEND = RetryPolicy(initial_s=0.02, max_s=0.5, max_attempts=20)
+OUTPUT_HIDDEN_STATES = "hidden_states"  # a device half answering with no server (a device group alone)
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    epoch: int
+    split: int
+    rho: float
+    method: str
+    codec: str
+    freq_hz: float
+    tx_power_w: float | None
+
+
+@dataclass(eq=False)
+class DeviceState:
+    plan: DevicePlan
+    part: DevicePart
+    pruner: Pruner
 
 
 @dataclass
@@ -26,43 +66,124 @@ class DeviceResult:
     output_kind: str
     batch: int
     seq_len: int
-    device_compute_s: float       # tokenising excluded; embedding + blocks 1..k (and the head if alone)
+    device_compute_s: float       # embedding + blocks 1..k (and the head if alone), under the frequency cap
     encode_s: float               # activation codec and message building
     transfer_s: float             # round trip minus the server's own time: network + (de)serialisation
     server_queue_s: float
     server_compute_s: float
     server_batch_size: int        # requests the server computed together with this one
-    end_to_end_s: float           # from tokens in hand to the answer in hand
+    end_to_end_s: float           # from tokens in hand to the answer in hand, re-sends included
     bytes_sent: int
     bytes_received: int
+    plan_epoch: int = 0           # the plan the answer was computed under
+    resends: int = 0              # times the server asked for the request under another plan
+    device_energy_j: float = 0.0
+    device_energy_source: str = "model"
+    server_energy_j: float = 0.0
+    server_energy_source: str = ""
 
 
 class DeviceRuntime:
+    requires_server = True  # False: with no server, a request returns the device half's own output
     def __init__(self, src: ModelSource, split: int, rho: float = 1.0, method: str = "magnitude",
                  server: str | None = None, codec: str = "fp32", epoch: int = 0,
                  max_length: int | None = None, generation: GenerationOptions = GenerationOptions(),
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout_s: float = 120.0,
-                 use_stream: bool = True):
+                 use_stream: bool = True, max_freq_hz: float = DEFAULT_DEVICE_MAX_FREQ_HZ,
+                 power_model: PowerModel = DEFAULT_DEVICE_POWER, channel_control: str | None = None,
+                 telemetry=None):
+        if codec not in CODECS:
+            raise UsageError(f"--codec: unknown codec {codec!r} (one of {', '.join(CODECS)})")
         self.src = src
-        self.split = split
-        self.epoch = epoch
-        self.codec = codec
         self.generation = generation
+        self.timeout_s = timeout_s
         self.max_length = min(max_length or src.max_seq_length, src.max_seq_length)
-        self.part = DevicePart(src, split)
-        self.pruner = Pruner(self.part.linear_layers(), seed=src.seed, head_dim=src.head_dim)
-        self.set_pruning(rho, method)
-        self.client: InferenceClient | None = None
-        if not self.part.runs_alone:
-            if not server:
-                raise UsageError(f"split point {split} leaves blocks to the server: give --server HOST:PORT")
-            self.client = InferenceClient(server, max_message_bytes, timeout_s, use_stream)
+        self.freq = FrequencyControl("cpu", max_freq_hz)
+        self.meter = make_meter("cpu", power_model)
+        self.telemetry = telemetry  # a NodeTelemetry, when a planner listens
+        self.channel = None
+        if channel_control:
+            from coinfer.channel import ChannelControlClient
 
-    def set_pruning(self, rho: float, method: str) -> None:
+            self.channel = ChannelControlClient(channel_control)
         try:
-            self.pruner.apply(check_ratio(rho), check_method(method))
+            plan = DevicePlan(epoch, split, check_ratio(rho), check_method(method), codec, max_freq_hz, None)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        self.state = self._build(plan)
+        self._compute_lock = threading.Lock()   # a device compute, or a swap of state, at a time
+        self._apply_lock = threading.Lock()
+        self._plan_changed = threading.Condition()
+        self.watcher = None
+        self.plan_listeners: list = []  # called with each plan after it is applied (e.g. the demo's log)
+        self.client: InferenceClient | None = None
+        if server:
+            self.client = InferenceClient(server, max_message_bytes, timeout_s, use_stream)
+        elif not self.state.part.runs_alone and self.requires_server:
+            raise UsageError(f"split point {split} leaves blocks to the server: give --server HOST:PORT")
+
+    # --- plans -------------------------------------------------------------------------------
+    @property
+    def split(self) -> int:
+        return self.state.plan.split
+
+    @property
+    def epoch(self) -> int:
+        return self.state.plan.epoch
+
+    @property
+    def codec(self) -> str:
+        return self.state.plan.codec
+
+    def _make_part(self, split: int):
+        """The module that computes the device half (a subclass may compute it elsewhere)."""
+        return DevicePart(self.src, split)
+
+    def _build(self, plan: DevicePlan) -> DeviceState:
+        part = self._make_part(plan.split)
+        pruner = Pruner(part.linear_layers(), seed=self.src.seed, head_dim=self.src.head_dim)
+        pruner.apply(plan.rho, plan.method)
+        return DeviceState(plan, part, pruner)
+
+    def set_pruning(self, rho: float, method: str) -> None:
+        """Change the device half's ratio under the current epoch (a static, planner-less setting)."""
+        p = self.state.plan
+        self.apply(p.epoch, p.split, rho, method, p.codec, p.freq_hz, None, p.tx_power_w)
+
+    def apply(self, epoch: int, split: int, rho: float, method: str, codec: str, freq_hz: float | None = None,
+              max_freq_hz: float | None = None, tx_power_w: float | None = None) -> DevicePlan:
+        """Move to a new plan: build beside the current state, swap between device computes."""
+        try:
+            rho, method = check_ratio(rho), check_method(method)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if codec not in CODECS:
+            raise UsageError(f"codec: unknown codec {codec!r}")
+        with self._apply_lock:
+            if max_freq_hz and max_freq_hz != self.freq.max_freq_hz:
+                self.freq.reset()  # give real hardware its own setting back before the new control reads it
+                self.freq.close()
+                self.freq = FrequencyControl("cpu", max_freq_hz)
+            cap = min(freq_hz or self.freq.max_freq_hz, self.freq.max_freq_hz)
+            plan = DevicePlan(epoch, split, rho, method, codec, cap, tx_power_w)
+            current = self.state
+            fresh = self._build(plan) if split != current.plan.split else None
+            if tx_power_w and self.channel is not None and tx_power_w != current.plan.tx_power_w:
+                self.channel.set_tx_power(tx_power_w)  # the radio first: the next bytes go out at p
+            with self._compute_lock:
+                if fresh is None:
+                    current.pruner.apply(rho, method)
+                    fresh = DeviceState(plan, current.part, current.pruner)
+                self.state = fresh
+                self.freq.set_cap(cap)
+        with self._plan_changed:
+            self._plan_changed.notify_all()
+        return plan
+
+    def wait_for_epoch(self, epoch: int, deadline: float) -> bool:
+        with self._plan_changed:
+            return self._plan_changed.wait_for(lambda: self.state.plan.epoch >= epoch,
+                                               timeout=max(0.0, deadline - time.monotonic()))
 
     def connect(self, timeout_s: float = 30.0) -> pb.ServerInfo | None:
         """Wait for the server and check it holds the same model, split point and plan epoch."""
@@ -81,6 +202,7 @@ class DeviceRuntime:
             raise UsageError(f"server at {self.client.address} holds " + ", ".join(problems))
         return info
 
+    # --- requests ----------------------------------------------------------------------------
     def tokenize(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if not sentences:
             raise UsageError("no input sentences")
@@ -89,38 +211,111 @@ class DeviceRuntime:
     def infer(self, sentences: list[str]) -> DeviceResult:
         return self.infer_tokens(*self.tokenize(sentences))
 
-    def infer_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DeviceResult:
-        request_id = uuid.uuid4().hex
-        started = time.perf_counter()
-        hidden = self.part(input_ids, attention_mask)
-        computed = time.perf_counter()
-        batch, seq_len = int(input_ids.shape[0]), int(input_ids.shape[1])
-        if self.client is None:
-            return DeviceResult(request_id, hidden, OUTPUT_SENTENCE_EMBEDDING, batch, seq_len,
-                                computed - started, 0.0, 0.0, 0.0, 0.0, 0, computed - started, 0, 0)
-        payload = {"input_ids": encode(hidden)} if self.split == 0 else {"hidden_states": encode(hidden, self.codec)}
-        g = self.generation
-        request = pb.InferRequest(
-            request_id=request_id, plan_epoch=self.epoch, split_point=self.split, model_id=self.src.name,
-            attention_mask=encode(attention_mask),
+    def _compute(self, ids: torch.Tensor, mask: torch.Tensor):
+        """(state, hidden states, seconds, energy) under the current state."""
+        with self._compute_lock:
+            state = self.state
+            started = time.perf_counter()
+            token = self.meter.begin()
+            hidden = state.part(ids, mask)
+            self.freq.stretch(time.perf_counter() - started)  # an emulated cap takes as long as a real one
+            compute_s = time.perf_counter() - started
+            energy = self.meter.end(token, compute_s, self.freq.effective_freq_hz())
+        return state, hidden, compute_s, energy
+
+    def _request(self, request_id: str, state: DeviceState, hidden, mask) -> pb.InferRequest:
+        plan, g = state.plan, self.generation
+        payload = {"input_ids": encode(hidden)} if plan.split == 0 else {"hidden_states": encode(hidden, plan.codec)}
+        return pb.InferRequest(
+            request_id=request_id, plan_epoch=plan.epoch, split_point=plan.split, model_id=self.src.name,
+            attention_mask=encode(mask),
             generate=pb.GenerateOptions(max_new_tokens=g.max_new_tokens, num_beams=g.num_beams,
                                         min_new_tokens=g.min_new_tokens),
             **payload)
-        encoded = time.perf_counter()
-        reply = self.client.infer(request)
-        answered = time.perf_counter()
-        output = decode(reply.output, "output")
-        finished = time.perf_counter()
-        server_s = reply.timing.queue_s + reply.timing.compute_s + reply.timing.decode_s
-        kind = OUTPUT_GENERATED_TOKENS if self.src.family == "bart" else OUTPUT_SENTENCE_EMBEDDING
-        return DeviceResult(
-            request_id=request_id, output=output, output_kind=kind, batch=batch, seq_len=seq_len,
-            device_compute_s=computed - started, encode_s=encoded - computed,
-            transfer_s=max(0.0, answered - encoded - server_s),
-            server_queue_s=reply.timing.queue_s, server_compute_s=reply.timing.compute_s,
-            server_batch_size=reply.timing.batch_size,
-            end_to_end_s=finished - started, bytes_sent=request.ByteSize(), bytes_received=reply.ByteSize())
+
+    def infer_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DeviceResult:
+        request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        deadline = time.monotonic() + self.timeout_s
+        batch, seq_len = int(input_ids.shape[0]), int(input_ids.shape[1])
+        resends = 0
+        state, hidden, compute_s, energy = self._compute(input_ids, attention_mask)
+        while True:
+            if state.part.runs_alone or self.client is None:
+                if not state.part.runs_alone and self.requires_server:
+                    raise UsageError("the plan leaves blocks to the server, but this device has no --server")
+                kind = OUTPUT_SENTENCE_EMBEDDING if state.part.runs_alone else OUTPUT_HIDDEN_STATES
+                finished = time.perf_counter()
+                return DeviceResult(request_id, hidden, kind, batch, seq_len, compute_s, 0.0, 0.0, 0.0, 0.0, 0,
+                                    finished - started, 0, 0, state.plan.epoch, resends, energy.joules, energy.source)
+            encode_from = time.perf_counter()
+            request = self._request(request_id, state, hidden, attention_mask)
+            sent_at = time.perf_counter()
+            try:
+                reply = self.client.infer(request, timeout_s=max(0.1, deadline - time.monotonic()))
+            except InferenceError as exc:
+                if not self._should_resend(exc, state, deadline, resends):
+                    raise
+                resends += 1
+                if exc.server_epoch is not None and exc.server_epoch > state.plan.epoch:
+                    self.wait_for_epoch(exc.server_epoch, deadline)
+                else:  # the server is behind us (still applying the plan): give it a moment
+                    time.sleep(RESEND.delay(min(resends, 6)))
+                if self.state is not state:
+                    state, hidden, compute_s, energy = self._compute(input_ids, attention_mask)
+                continue
+            answered = time.perf_counter()
+            output = decode(reply.output, "output")
+            finished = time.perf_counter()
+            t = reply.timing
+            server_s = t.queue_s + t.compute_s + t.decode_s
+            kind = OUTPUT_GENERATED_TOKENS if self.src.family == "bart" else OUTPUT_SENTENCE_EMBEDDING
+            result = DeviceResult(
+                request_id=request_id, output=output, output_kind=kind, batch=batch, seq_len=seq_len,
+                device_compute_s=compute_s, encode_s=sent_at - encode_from,
+                transfer_s=max(0.0, answered - sent_at - server_s), server_queue_s=t.queue_s,
+                server_compute_s=t.compute_s, server_batch_size=t.batch_size, end_to_end_s=finished - started,
+                bytes_sent=request.ByteSize(), bytes_received=reply.ByteSize(), plan_epoch=state.plan.epoch,
+                resends=resends, device_energy_j=energy.joules, device_energy_source=energy.source,
+                server_energy_j=t.energy_j, server_energy_source=t.energy_source)
+            if self.telemetry is not None:
+                self.telemetry.report_device(result, state.plan.epoch, self.freq.effective_freq_hz(),
+                                             state.plan.tx_power_w or 0.0)
+            return result
+
+    def _should_resend(self, exc: InferenceError, state: DeviceState, deadline: float, resends: int) -> bool:
+        """Only a refusal over plans is re-sent here: the server holds another epoch or split point."""
+        if exc.code != grpc.StatusCode.FAILED_PRECONDITION or time.monotonic() >= deadline:
+            return False
+        if resends >= RESEND.max_attempts or self.watcher is None:
+            return False  # without a planner no other plan is coming: the caller must hear of it
+        return exc.server_epoch is not None and exc.server_epoch != state.plan.epoch
+
+    def follow(self, planner: str, node_id: str = "device", report: bool = True) -> None:
+        """Apply the plans of the planner at `planner` as they come, and report telemetry to it."""
+        from coinfer.plans import PlanWatcher
+        from coinfer.telemetry import NodeTelemetry
+
+        if report:
+            self.telemetry = NodeTelemetry(planner, node_id)
+        self.watcher = PlanWatcher(planner, node_id, "device", self._apply_plan).start()
+
+    def _apply_plan(self, plan) -> None:
+        if plan.model_id and plan.model_id != self.src.name:
+            raise ValueError(f"plan {plan.epoch} is for model {plan.model_id!r}, this device has {self.src.name!r}")
+        current = self.state.plan
+        self.apply(plan.epoch, plan.split_point, plan.rho_device, plan.prune_method or current.method,
+                   plan.codec or current.codec, plan.f_device_hz or None, plan.device_max_freq_hz or None,
+                   plan.tx_power_w or None)
+        for listener in list(self.plan_listeners):
+            listener(plan)
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.telemetry is not None:
+            self.telemetry.stop()
         if self.client is not None:
             self.client.close()
+        if self.channel is not None:
+            self.channel.close()

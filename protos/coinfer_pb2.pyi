@@ -94,16 +94,24 @@ class InferRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., plan_epoch: _Optional[int] = ..., split_point: _Optional[int] = ..., model_id: _Optional[str] = ..., hidden_states: _Optional[_Union[Tensor, _Mapping]] = ..., input_ids: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., generate: _Optional[_Union[GenerateOptions, _Mapping]] = ...) -> None: ...
 
 class ServerTiming(_message.Message):
-    __slots__ = ("queue_s", "compute_s", "decode_s", "batch_size")
+    __slots__ = ("queue_s", "compute_s", "decode_s", "batch_size", "batch_rows", "energy_j", "energy_source", "freq_hz")
     QUEUE_S_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     DECODE_S_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FREQ_HZ_FIELD_NUMBER: _ClassVar[int]
     queue_s: float
     compute_s: float
     decode_s: float
     batch_size: int
-    def __init__(self, queue_s: _Optional[float] = ..., compute_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    batch_rows: int
+    energy_j: float
+    energy_source: str
+    freq_hz: float
+    def __init__(self, queue_s: _Optional[float] = ..., compute_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., batch_size: _Optional[int] = ..., batch_rows: _Optional[int] = ..., energy_j: _Optional[float] = ..., energy_source: _Optional[str] = ..., freq_hz: _Optional[float] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -132,7 +140,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("model_id", "family", "num_blocks", "split_point", "plan_epoch", "rho", "prune_method", "device", "max_message_bytes", "output_kind")
+    __slots__ = ("model_id", "family", "num_blocks", "split_point", "plan_epoch", "rho", "prune_method", "device", "max_message_bytes", "output_kind", "freq_cap_hz", "freq_mode", "energy_source")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +151,9 @@ class ServerInfo(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KIND_FIELD_NUMBER: _ClassVar[int]
+    FREQ_CAP_HZ_FIELD_NUMBER: _ClassVar[int]
+    FREQ_MODE_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     family: str
     num_blocks: int
@@ -153,4 +164,7 @@ class ServerInfo(_message.Message):
     device: str
     max_message_bytes: int
     output_kind: str
-    def __init__(self, model_id: _Optional[str] = ..., family: _Optional[str] = ..., num_blocks: _Optional[int] = ..., split_point: _Optional[int] = ..., plan_epoch: _Optional[int] = ..., rho: _Optional[float] = ..., prune_method: _Optional[str] = ..., device: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., output_kind: _Optional[str] = ...) -> None: ...
+    freq_cap_hz: float
+    freq_mode: str
+    energy_source: str
+    def __init__(self, model_id: _Optional[str] = ..., family: _Optional[str] = ..., num_blocks: _Optional[int] = ..., split_point: _Optional[int] = ..., plan_epoch: _Optional[int] = ..., rho: _Optional[float] = ..., prune_method: _Optional[str] = ..., device: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., output_kind: _Optional[str] = ..., freq_cap_hz: _Optional[float] = ..., freq_mode: _Optional[str] = ..., energy_source: _Optional[str] = ...) -> None: ...

@@ -20,17 +20,19 @@ from dataclasses import dataclass
 
 import torch
 
+from coinfer.server.half import PlanChanged
 from coinfer.split import OUTPUT_GENERATED_TOKENS, GenerationOptions
 
 log = logging.getLogger(__name__)
 
 
 class BatchItemError(Exception):
-    """One request of a batch failed; `field` names the input at fault when it is known."""
+    """One request of a batch failed: `kind` is "input" (its own data), "plan" (the server moved to
+    another plan before computing it) or "internal"."""
 
-    def __init__(self, message: str, caused_by_input: bool):
+    def __init__(self, message: str, kind: str):
         super().__init__(message)
-        self.caused_by_input = caused_by_input
+        self.kind = kind
 
 
 @dataclass
@@ -38,11 +40,16 @@ class BatchResult:
     output: torch.Tensor
     queue_s: float
     compute_s: float
-    batch_size: int   # requests computed together
+    batch_size: int       # requests computed together
+    batch_rows: int       # sequences computed together
+    energy_j: float       # this request's share (by rows) of the batch's energy
+    energy_source: str
+    freq_hz: float
 
 
 @dataclass(eq=False)  # identity: a queue removes this item, not one with equal tensors
 class _Item:
+    state: object         # the HalfState the request was accepted under
     x: torch.Tensor
     mask: torch.Tensor
     generation: GenerationOptions
@@ -55,7 +62,7 @@ class _Item:
 
     def key(self) -> tuple:
         """Requests batch together only when they are computed the same way."""
-        return (self.x.dim(), self.x.dtype, self.generation)
+        return (id(self.state), self.x.dim(), self.x.dtype, self.generation)
 
 
 def _pad_to(tensor: torch.Tensor, length: int, value) -> torch.Tensor:
@@ -85,12 +92,12 @@ class DynamicBatcher:
     def pad_token_id(self) -> int:
         return int(getattr(self.half.src.config, "pad_token_id", 0) or 0)
 
-    def submit(self, x: torch.Tensor, mask: torch.Tensor, generation: GenerationOptions) -> Future:
+    def submit(self, state, x: torch.Tensor, mask: torch.Tensor, generation: GenerationOptions) -> Future:
         future: Future = Future()
         with self._cond:
             if self._stopped:
                 raise RuntimeError("the batcher is stopped")
-            self._queue.append(_Item(x, mask, generation, time.perf_counter(), future))
+            self._queue.append(_Item(state, x, mask, generation, time.perf_counter(), future))
             self._cond.notify()
         return future
 
@@ -132,6 +139,9 @@ class DynamicBatcher:
             started = time.perf_counter()
             try:
                 self._compute(batch, started)
+            except PlanChanged as exc:  # accepted under a plan the server has left: the device re-sends
+                for item in batch:
+                    item.future.set_exception(BatchItemError(str(exc), "plan"))
             except Exception:  # never let the worker die: answer the batch one by one instead
                 log.exception("batch of %d failed; retrying its requests one at a time", len(batch))
                 for item in batch:
@@ -139,28 +149,32 @@ class DynamicBatcher:
                         self._compute([item], time.perf_counter())
                     except Exception as exc:
                         if not item.future.done():
-                            item.future.set_exception(BatchItemError(f"{type(exc).__name__}: {exc}", False))
+                            kind = "plan" if isinstance(exc, PlanChanged) else "internal"
+                            item.future.set_exception(BatchItemError(f"{type(exc).__name__}: {exc}", kind))
 
     def _compute(self, batch: list[_Item], started: float) -> None:
         length = max(item.x.shape[1] for item in batch)
         tokens = batch[0].x.dim() == 2  # token ids at k = 0, hidden states otherwise
         x = torch.cat([_pad_to(item.x, length, self.pad_token_id if tokens else 0.0) for item in batch])
         mask = torch.cat([_pad_to(item.mask, length, 0) for item in batch])
-        output, _, compute_s = self.half.run(x, mask, batch[0].generation)
+        output, _, compute_s, energy = self.half.run(batch[0].state, x, mask, batch[0].generation)
         self.batches += 1
         self.requests += len(batch)
+        rows_total = int(x.shape[0])
         offset = 0
         for item in batch:
             rows = output[offset:offset + item.rows]
             offset += item.rows
-            if self.half.output_kind == OUTPUT_GENERATED_TOKENS:
+            if item.state.part.output_kind == OUTPUT_GENERATED_TOKENS:
                 rows = self._trim_padding(rows)
             elif not torch.isfinite(rows).all():
                 item.future.set_exception(BatchItemError(
                     "hidden_states: the server half produced non-finite values from this input "
-                    "(values too large?)", caused_by_input=True))
+                    "(values too large?)", "input"))
                 continue
-            item.future.set_result(BatchResult(rows.clone(), started - item.enqueued, compute_s, len(batch)))
+            item.future.set_result(BatchResult(
+                rows.clone(), started - item.enqueued, compute_s, len(batch), rows_total,
+                energy.joules * item.rows / rows_total, energy.source, batch[0].state.plan.freq_hz))
 
     def _trim_padding(self, tokens: torch.Tensor) -> torch.Tensor:
         """Drop trailing columns that are padding in every row: what this request alone would return."""

@@ -24,6 +24,12 @@ def register(subparsers) -> None:
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0,
                         help="how long the oldest queued request may wait for others to batch with; 0 "
                              "starts at once and batches only what queued while busy (default: %(default)s)")
+    parser.add_argument("--planner", metavar="HOST:PORT",
+                        help="follow this planner's plans (split, rho, frequency cap) and report telemetry to it")
+    parser.add_argument("--node-id", default="server", help="name in telemetry (default: %(default)s)")
+    parser.add_argument("--max-freq-hz", type=float, default=1.5e9,
+                        help="F_s, the clock a frequency cap is relative to; plans from a planner set it "
+                             "(default: %(default)g)")
     parser.add_argument("--grace-s", type=float, default=10.0,
                         help="on SIGTERM, time allowed for in-flight requests (default: %(default)s)")
     parser.set_defaults(func=run)
@@ -54,16 +60,41 @@ def run(args: argparse.Namespace) -> int:
     src = resolve_model(args.model, seed=args.seed)
     check_split(src, args.split)
     print(f"[server] loading blocks {args.split + 1}..{src.num_blocks} of {src.name} ...", file=sys.stderr, flush=True)
-    half = ServerHalf(src, args.split, args.rho, args.prune_method, args.epoch, args.device)
+    half = ServerHalf(src, args.split, args.rho, args.prune_method, args.epoch, args.device, args.max_freq_hz)
+    if half.freq.mode == "emulated":
+        print(f"[server] frequency caps are emulated ({half.freq.reason}); energy from {half.meter.source}",
+              file=sys.stderr, flush=True)
+    telemetry = watcher = None
+    if args.planner:
+        from coinfer.plans import PlanWatcher
+        from coinfer.telemetry import NodeTelemetry
+
+        telemetry = NodeTelemetry(args.planner, args.node_id)
+        watcher = PlanWatcher(args.planner, args.node_id, "server", lambda plan: _follow(half, plan)).start()
     try:
         running = start_server(half, args.listen, args.max_message_mb * 1024 * 1024, args.workers,
-                               args.max_batch_size, args.max_queue_delay_ms / 1e3)
+                               args.max_batch_size, args.max_queue_delay_ms / 1e3, telemetry)
     except (OSError, RuntimeError) as exc:
         raise UsageError(f"--listen {args.listen}: {exc}") from None
     host = args.listen.rpartition(":")[0]
     print(f"listening on {host}:{running.port}", flush=True)
     logging.getLogger(__name__).info("serving %s k=%d rho=%.3f on %s", src.name, args.split, args.rho, half.device)
     wait_for_termination_signal()
+    if watcher is not None:
+        watcher.stop()
     running.stop(args.grace_s)
+    if telemetry is not None:
+        telemetry.stop()
     print("[server] stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _follow(half, plan) -> None:
+    """Apply a planner's plan to the server half (called by the PlanWatcher, one plan at a time)."""
+    import logging
+
+    if plan.model_id and plan.model_id != half.src.name:
+        raise ValueError(f"plan {plan.epoch} is for model {plan.model_id!r}, this server holds {half.src.name!r}")
+    applied = half.apply(plan.epoch, plan.split_point, plan.rho_server, plan.prune_method or half.plan.method,
+                         plan.f_server_hz or None, plan.server_max_freq_hz or None)
+    logging.getLogger(__name__).info("applied plan %d (%s): %s", plan.epoch, plan.reason, applied)

@@ -1,15 +1,32 @@
-"""The server's half of the model: blocks k+1..L and the head, with pruning as a live knob."""
+"""The server's half of the model under a plan: blocks k+1..L and the head, with live knobs.
+
+A `HalfState` is one plan's half (epoch, split point, pruning) and is what a request is validated
+against and computed with. Applying a plan makes a new state: a new split point builds a new part from
+the local checkpoint while the old one keeps serving, then swaps; a new ratio re-prunes the part from
+its dense master. The swap happens between forwards (under the compute lock), so a forward never mixes
+two plans, and a request that was accepted under a state that is no longer current is refused with the
+epoch the server now holds (the device re-sends it under the new plan).
+"""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 
 import torch
 
+from coinfer.energy import EnergyReading, PowerModel, make_meter
+from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
 from coinfer.pruning import Pruner, check_method, check_ratio
-from coinfer.split import GenerationOptions, ServerPart
+from coinfer.split import GenerationOptions, ServerPart, check_split
+
+log = logging.getLogger(__name__)
+
+# The server's power model where energy is not measured: the default system's accelerator numbers.
+DEFAULT_SERVER_POWER = PowerModel(pue=1.5, power_coeff=5.0e-27)
+DEFAULT_SERVER_MAX_FREQ_HZ = 1.5e9
 
 
 @dataclass(frozen=True)
@@ -20,6 +37,23 @@ class ServerPlan:
     split: int
     rho: float
     method: str
+    freq_hz: float
+
+
+@dataclass(eq=False)
+class HalfState:
+    plan: ServerPlan
+    part: ServerPart
+    pruner: Pruner
+
+
+class PlanChanged(Exception):
+    """The state a request was accepted under is no longer current."""
+
+    def __init__(self, current: ServerPlan):
+        super().__init__(f"plan_epoch: the server moved to epoch {current.epoch} (k={current.split}) "
+                         "before this request was computed; re-send it under that plan")
+        self.current = current
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -29,42 +63,83 @@ def pick_device(requested: str = "auto") -> torch.device:
     if torch.cuda.is_available():
         return torch.device(requested if requested.startswith("cuda") else "cuda:0")
     if requested.startswith("cuda"):
-        import logging
-
-        logging.getLogger(__name__).warning("no CUDA device available; the server half runs on the CPU")
+        log.warning("no CUDA device available; the server half runs on the CPU")
     return torch.device("cpu")
 
 
 class ServerHalf:
     def __init__(self, src: ModelSource, split: int, rho: float = 1.0, method: str = "magnitude",
-                 epoch: int = 0, device: str = "auto"):
+                 epoch: int = 0, device: str = "auto", max_freq_hz: float = DEFAULT_SERVER_MAX_FREQ_HZ,
+                 power_model: PowerModel = DEFAULT_SERVER_POWER):
         self.src = src
         self.device = pick_device(device)
-        self.part = ServerPart(src, split).to(self.device)
-        self.pruner = Pruner(self.part.linear_layers(), seed=src.seed, head_dim=src.head_dim)
-        self.pruner.apply(check_ratio(rho), check_method(method))
-        self.plan = ServerPlan(epoch, split, rho, method)
+        self._kind = "gpu" if self.device.type == "cuda" else "cpu"
+        self._index = self.device.index or 0
+        self.freq = FrequencyControl(self._kind, max_freq_hz, device_index=self._index)
+        self.meter = make_meter(self._kind, power_model, device_index=self._index)
+        self.state = self._build(ServerPlan(epoch, split, check_ratio(rho), check_method(method), max_freq_hz))
         # One forward at a time: concurrent forwards on a few cores only thrash each other's caches.
         self._compute_lock = threading.Lock()
+        self._apply_lock = threading.Lock()
+
+    @property
+    def plan(self) -> ServerPlan:
+        return self.state.plan
 
     @property
     def output_kind(self) -> str:
-        return self.part.output_kind
+        return self.state.part.output_kind
 
-    def set_pruning(self, rho: float, method: str) -> None:
-        with self._compute_lock:
-            state = self.pruner.apply(rho, method)
-            self.plan = ServerPlan(self.plan.epoch, self.plan.split, state.rho, state.method)
+    def _build(self, plan: ServerPlan) -> HalfState:
+        check_split(self.src, plan.split)
+        part = ServerPart(self.src, plan.split).to(self.device)
+        pruner = Pruner(part.linear_layers(), seed=self.src.seed, head_dim=self.src.head_dim)
+        pruner.apply(plan.rho, plan.method)
+        return HalfState(plan, part, pruner)
 
-    def run(self, x: torch.Tensor, attention_mask: torch.Tensor,
-            generation: GenerationOptions) -> tuple[torch.Tensor, float, float]:
-        """(output on the CPU, seconds queued for the compute lock, seconds computing)."""
+    def apply(self, epoch: int, split: int, rho: float, method: str, freq_hz: float | None = None,
+              max_freq_hz: float | None = None) -> ServerPlan:
+        """Move to a new plan: build what it needs beside the serving state, then swap between forwards."""
+        rho, method = check_ratio(rho), check_method(method)
+        with self._apply_lock:
+            if max_freq_hz and max_freq_hz != self.freq.max_freq_hz:
+                self.freq.reset()  # give real hardware its own setting back before the new control reads it
+                self.freq.close()
+                self.freq = FrequencyControl(self._kind, max_freq_hz, device_index=self._index)
+            cap = min(freq_hz or self.freq.max_freq_hz, self.freq.max_freq_hz)
+            plan = ServerPlan(epoch, split, rho, method, cap)
+            current = self.state
+            if split != current.plan.split:
+                started = time.perf_counter()
+                fresh = self._build(plan)  # loads blocks k+1..L for the new k while the old state serves
+                log.info("built blocks %d..%d for epoch %d in %.2f s", split + 1, self.src.num_blocks, epoch,
+                         time.perf_counter() - started)
+                with self._compute_lock:
+                    self.state = fresh
+                    self.freq.set_cap(cap)
+            else:
+                with self._compute_lock:
+                    current.pruner.apply(rho, method)  # masks are cached per (method, rho)
+                    self.state = HalfState(plan, current.part, current.pruner)
+                    self.freq.set_cap(cap)
+            return plan
+
+    def run(self, state: HalfState, x: torch.Tensor, attention_mask: torch.Tensor,
+            generation: GenerationOptions) -> tuple[torch.Tensor, float, float, EnergyReading]:
+        """(output on the CPU, seconds queued for the compute lock, seconds computing, energy) under
+        `state`; PlanChanged if the server has moved on since the request was accepted."""
         waited_from = time.perf_counter()
         with self._compute_lock:
+            if state is not self.state:
+                raise PlanChanged(self.state.plan)
             started = time.perf_counter()
-            out = self.part(x.to(self.device), attention_mask.to(self.device), generation)
+            token = self.meter.begin()
+            out = state.part(x.to(self.device), attention_mask.to(self.device), generation)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # host time is only right once the GPU is done
-            out = out.cpu()
+            busy = time.perf_counter() - started
+            self.freq.stretch(busy)  # an emulated cap: the forward takes as long as at the capped clock
             finished = time.perf_counter()
-        return out, started - waited_from, finished - started
+            energy = self.meter.end(token, finished - started, self.freq.effective_freq_hz())
+            out = out.cpu()
+        return out, started - waited_from, finished - started, energy

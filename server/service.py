@@ -18,10 +18,10 @@ import torch
 from coinfer.codecs import WireError, decode, encode
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.protos import coinfer_pb2_grpc as pb_grpc
-from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES
+from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, EPOCH_METADATA
 from coinfer.server.batcher import BatchItemError, DynamicBatcher
 from coinfer.server.half import ServerHalf
-from coinfer.split import OUTPUT_GENERATED_TOKENS, GenerationOptions
+from coinfer.split import GenerationOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,17 @@ def _invalid(message: str) -> RequestError:
 class CoInferenceService(pb_grpc.CoInferenceServicer):
     def __init__(self, half: ServerHalf, batcher: DynamicBatcher,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_batch: int = MAX_BATCH,
-                 max_in_flight_per_stream: int = 32):
+                 max_in_flight_per_stream: int = 32, telemetry=None):
         self.half = half
+        self.telemetry = telemetry  # a ServerTelemetry, when a planner listens
         self.batcher = batcher
         self.max_message_bytes = max_message_bytes
         self.max_batch = max_batch
         self.max_in_flight_per_stream = max_in_flight_per_stream
 
     # --- validation --------------------------------------------------------------------------
-    def _inputs(self, request: pb.InferRequest) -> tuple[torch.Tensor, torch.Tensor, GenerationOptions]:
-        src, plan = self.half.src, self.half.plan
+    def _inputs(self, request: pb.InferRequest, state) -> tuple[torch.Tensor, torch.Tensor, GenerationOptions]:
+        src, plan = self.half.src, state.plan
         if not request.request_id:
             raise _invalid("request_id: required (a retry re-sends the same id)")
         if not request.model_id:
@@ -131,22 +132,30 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
 
     # --- serving -----------------------------------------------------------------------------
     def _submit(self, request: pb.InferRequest) -> tuple[Future, float]:
-        """Validate and queue one request; (future of its BatchResult, seconds spent decoding)."""
+        """Validate and queue one request under the current plan; (future of its BatchResult, seconds
+        spent decoding)."""
         received = time.perf_counter()
-        x, mask, generation = self._inputs(request)
-        return self.batcher.submit(x, mask, generation), time.perf_counter() - received
+        state = self.half.state
+        x, mask, generation = self._inputs(request, state)
+        return self.batcher.submit(state, x, mask, generation), time.perf_counter() - received
 
     def _reply(self, request: pb.InferRequest, future: Future, decode_s: float) -> pb.InferReply:
         try:
             result = future.result()
         except BatchItemError as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT if exc.caused_by_input else grpc.StatusCode.INTERNAL
+            code = {"input": grpc.StatusCode.INVALID_ARGUMENT, "plan": grpc.StatusCode.FAILED_PRECONDITION}.get(
+                exc.kind, grpc.StatusCode.INTERNAL)
             raise RequestError(code, str(exc)) from None
-        out = result.output if self.half.output_kind == OUTPUT_GENERATED_TOKENS else result.output.float()
-        return pb.InferReply(
-            request_id=request.request_id, plan_epoch=self.half.plan.epoch, output=encode(out),
+        out = result.output if result.output.dtype == torch.long else result.output.float()
+        reply = pb.InferReply(
+            request_id=request.request_id, plan_epoch=request.plan_epoch, output=encode(out),
             timing=pb.ServerTiming(queue_s=result.queue_s, compute_s=result.compute_s, decode_s=decode_s,
-                                   batch_size=result.batch_size))
+                                   batch_size=result.batch_size, batch_rows=result.batch_rows,
+                                   energy_j=result.energy_j, energy_source=result.energy_source,
+                                   freq_hz=result.freq_hz))
+        if self.telemetry is not None:
+            self.telemetry.report_server(request, reply)
+        return reply
 
     def _error_reply(self, request: pb.InferRequest, exc: RequestError) -> pb.InferReply:
         return pb.InferReply(request_id=request.request_id, plan_epoch=self.half.plan.epoch,
@@ -156,6 +165,8 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         try:
             return self._reply(request, *self._submit(request))
         except RequestError as exc:
+            # the epoch held travels with every refusal, so a device can tell "re-send" from "wait"
+            context.set_trailing_metadata(((EPOCH_METADATA, str(self.half.plan.epoch)),))
             context.abort(exc.code, exc.message)
 
     def InferStream(self, request_iterator, context):
@@ -203,4 +214,6 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         return pb.ServerInfo(model_id=src.name, family=src.family, num_blocks=src.num_blocks,
                              split_point=plan.split, plan_epoch=plan.epoch, rho=plan.rho,
                              prune_method=plan.method, device=str(self.half.device),
-                             max_message_bytes=self.max_message_bytes, output_kind=self.half.output_kind)
+                             max_message_bytes=self.max_message_bytes, output_kind=self.half.output_kind,
+                             freq_cap_hz=plan.freq_hz, freq_mode=self.half.freq.mode,
+                             energy_source=self.half.meter.source)

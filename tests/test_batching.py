@@ -106,13 +106,13 @@ def test_batched_rows_equal_unbatched_rows(half, minilm):
                   for b, s in [(1, 3), (2, 9), (1, 5), (3, 4)]]
         for x, mask in inputs:
             mask[0, -1] = 0 if mask.shape[1] > 3 else 1  # some requests carry their own padding
-        futures = [batcher.submit(x, mask, GenerationOptions()) for x, mask in inputs]
+        futures = [batcher.submit(half.state, x, mask, GenerationOptions()) for x, mask in inputs]
         results = [f.result(60) for f in futures]
     finally:
         batcher.stop()
     assert {r.batch_size for r in results} == {4}
     for (x, mask), result in zip(inputs, results):
-        alone, _, _ = half.run(x, mask, GenerationOptions())
+        alone, _, _, _ = half.run(half.state, x, mask, GenerationOptions())
         assert result.output.shape == alone.shape
         assert (result.output - alone).abs().max().item() <= 1e-5
 
@@ -120,7 +120,7 @@ def test_batched_rows_equal_unbatched_rows(half, minilm):
 def test_a_batch_never_exceeds_the_size_limit(half, minilm):
     batcher = DynamicBatcher(half, max_batch_size=3, max_queue_delay_s=0.2)
     try:
-        futures = [batcher.submit(torch.randn(2, 4, minilm.hidden_size), torch.ones(2, 4, dtype=torch.long),
+        futures = [batcher.submit(half.state, torch.randn(2, 4, minilm.hidden_size), torch.ones(2, 4, dtype=torch.long),
                                   GenerationOptions()) for _ in range(4)]
         results = [f.result(60) for f in futures]
     finally:
@@ -131,10 +131,11 @@ def test_a_batch_never_exceeds_the_size_limit(half, minilm):
 def test_an_exception_in_a_batch_is_retried_one_by_one(half, minilm):
     batcher = DynamicBatcher(half, max_batch_size=8, max_queue_delay_s=0.2)
     try:
-        good = batcher.submit(torch.randn(1, 4, minilm.hidden_size), torch.ones(1, 4, dtype=torch.long),
+        good = batcher.submit(half.state, torch.randn(1, 4, minilm.hidden_size), torch.ones(1, 4, dtype=torch.long),
                               GenerationOptions())
         # a hidden width the blocks cannot take (validation normally stops it before the batcher)
-        broken = batcher.submit(torch.randn(1, 4, minilm.hidden_size + 1), torch.ones(1, 4, dtype=torch.long),
+        broken = batcher.submit(half.state, torch.randn(1, 4, minilm.hidden_size + 1),
+                                torch.ones(1, 4, dtype=torch.long),
                                 GenerationOptions())
         assert good.result(60).output.shape == (1, minilm.hidden_size)
         with pytest.raises(BatchItemError):

@@ -1,0 +1,149 @@
+"""The runtime's side of the planner: following plans and reporting telemetry.
+
+`PlanWatcher` subscribes to the planner's plan stream and hands each plan with a higher epoch than the
+last one to a callback, in order, from one thread; when the planner goes away it keeps the last plan
+in force and re-subscribes with backoff. `TelemetryReporter` streams samples to the planner from a
+bounded queue; while the planner is away it drops the oldest samples rather than block the runtime.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Callable
+
+import grpc
+
+from coinfer.protos import planner_pb2 as ppb
+from coinfer.protos import planner_pb2_grpc as ppb_grpc
+from coinfer.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+RECONNECT = RetryPolicy(initial_s=0.2, max_s=2.0, max_attempts=0)
+
+
+class PlanWatcher:
+    def __init__(self, address: str, node_id: str, role: str, on_plan: Callable[[ppb.Plan], None],
+                 retry: RetryPolicy = RECONNECT):
+        self.address, self.node_id, self.role = address, node_id, role
+        self.on_plan = on_plan
+        self.retry = retry
+        self.current: ppb.Plan | None = None
+        self.connected = threading.Event()
+        self.subscriptions = 0
+        self._first = threading.Event()
+        self._stop = threading.Event()
+        self._call = None
+        self._channel = grpc.insecure_channel(address)
+        self._thread = threading.Thread(target=self._run, name=f"coinfer-plans-{role}", daemon=True)
+
+    def start(self) -> "PlanWatcher":
+        self._thread.start()
+        return self
+
+    def wait_for_plan(self, timeout_s: float) -> ppb.Plan | None:
+        """Block until a first plan has been applied (or the timeout passes)."""
+        self._first.wait(timeout_s)
+        return self.current
+
+    def _run(self) -> None:
+        stub = ppb_grpc.PlannerStub(self._channel)
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                known = self.current or ppb.Plan()
+                self._call = stub.WatchPlans(ppb.WatchRequest(node_id=self.node_id, role=self.role,
+                                                              known_epoch=known.epoch,
+                                                              known_planner_id=known.planner_id))
+                for plan in self._call:
+                    if not self.connected.is_set():
+                        self.connected.set()
+                        self.subscriptions += 1
+                    attempt = 0
+                    self._deliver(plan)
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    return
+                log.info("plan stream from %s ended (%s); keeping epoch %s", self.address,
+                         exc.code().name if hasattr(exc, "code") else exc,
+                         self.current.epoch if self.current else None)
+            self.connected.clear()
+            self._stop.wait(self.retry.delay(attempt))
+            attempt = min(attempt + 1, 10)
+
+    def _deliver(self, plan: ppb.Plan) -> None:
+        if self.current is not None and plan.epoch <= self.current.epoch:
+            return  # plans never go backwards (a re-subscription repeats the current one)
+        try:
+            self.on_plan(plan)
+        except Exception:  # a plan that cannot be applied must not kill the watcher
+            log.exception("applying plan epoch %d failed; keeping epoch %s", plan.epoch,
+                          self.current.epoch if self.current else None)
+            return
+        self.current = plan
+        self._first.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._call is not None:
+            self._call.cancel()
+        self._channel.close()
+        self._thread.join(timeout=5)
+
+
+class TelemetryReporter:
+    def __init__(self, address: str, node_id: str, max_queued: int = 1000, retry: RetryPolicy = RECONNECT):
+        self.address, self.node_id = address, node_id
+        self.retry = retry
+        self.sent = 0
+        self.dropped = 0
+        self._queue: queue.Queue = queue.Queue(max_queued)
+        self._stop = threading.Event()
+        self._channel = grpc.insecure_channel(address)
+        self._thread = threading.Thread(target=self._run, name="coinfer-telemetry", daemon=True)
+
+    def start(self) -> "TelemetryReporter":
+        self._thread.start()
+        return self
+
+    def report(self, sample) -> None:
+        """Queue a DeviceSample or ServerSample; never blocks."""
+        kind = "device" if isinstance(sample, ppb.DeviceSample) else "server"
+        message = ppb.Telemetry(node_id=self.node_id, **{kind: sample})
+        while True:
+            try:
+                self._queue.put_nowait(message)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()  # the oldest sample is the least useful one
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+    def _messages(self):
+        while not self._stop.is_set():
+            try:
+                message = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.sent += 1
+            yield message
+
+    def _run(self) -> None:
+        stub = ppb_grpc.PlannerStub(self._channel)
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                stub.ReportTelemetry(self._messages())
+                attempt = 0
+            except grpc.RpcError:
+                pass
+            self._stop.wait(self.retry.delay(attempt))
+            attempt = min(attempt + 1, 10)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._channel.close()

@@ -1,0 +1,98 @@
+"""`coinfer planner`: the planner service (telemetry in, versioned plans out)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "planner", help="serve plans: re-solve P1 from telemetry and push them to device and server",
+        description="Serve the planner over gRPC: devices and servers report telemetry and watch plans. "
+                    "Estimates of channel gain, FLOPs per cycle, power coefficients and overhead are "
+                    "smoothed from telemetry; when one moves beyond --drift for --hysteresis samples, "
+                    "or the QoS changes, P1 is re-solved over the split points and a plan with the next "
+                    "epoch is pushed. Prints 'listening on HOST:PORT' once serving.")
+    parser.add_argument("--listen", default="127.0.0.1:50060",
+                        help="address to bind; port 0 picks a free port (default: %(default)s)")
+    parser.add_argument("--system", metavar="SYSTEM.yaml",
+                        help="system file (scenario keys without segments/embedding_bits; default: built-in)")
+    parser.add_argument("--model", default="minilm", help="the model being served (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=1, help="workload: sequences per request (default: %(default)s)")
+    parser.add_argument("--seq-len", type=int, default=32, help="workload: tokens per sequence (default: %(default)s)")
+    parser.add_argument("--codec", default="fp32", help="activation codec of every plan (default: %(default)s)")
+    parser.add_argument("--prune-method", default="structured", choices=["magnitude", "random", "structured"],
+                        help="pruning method of every plan; structured is the one whose compute falls with "
+                             "rho, as the model assumes (default: %(default)s)")
+    parser.add_argument("--split", default="auto", help="auto (search k) or a fixed split point (default: auto)")
+    parser.add_argument("--delay-margin", type=float, default=0.15,
+                        help="solve for (1 - margin) x the delay limit (default: %(default)s)")
+    parser.add_argument("--drift", type=float, default=0.2,
+                        help="relative change of an estimate that triggers a re-plan (default: %(default)s)")
+    parser.add_argument("--hysteresis", type=int, default=3,
+                        help="... when it persists for this many samples (default: %(default)s)")
+    parser.add_argument("--min-interval-s", type=float, default=1.0,
+                        help="at most one plan per interval, operator requests excepted (default: %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from coinfer.errors import UsageError
+    from coinfer.models import resolve_model
+    from coinfer.planner.controller import Controller, ControllerSettings
+    from coinfer.planner.defaults import DEFAULT_SYSTEM
+    from coinfer.planner.profile import profile_from_config, profile_model
+    from coinfer.planner.scenario import load_yaml, parse_system
+    from coinfer.planner.service import PlanBroadcast, PlannerService
+    from coinfer.protos import planner_pb2_grpc as ppb_grpc
+    from coinfer.server.app import wait_for_termination_signal
+
+    split = args.split if args.split == "auto" else _int(args.split, "--split")
+    if args.batch < 1 or args.seq_len < 1:
+        raise UsageError("--batch and --seq-len must be >= 1")
+    if not 0 <= args.delay_margin < 1 or args.drift <= 0 or args.hysteresis < 1 or args.min_interval_s < 0:
+        raise UsageError("--delay-margin in [0, 1), --drift > 0, --hysteresis >= 1, --min-interval-s >= 0")
+    system = parse_system(load_yaml(args.system) if args.system else DEFAULT_SYSTEM)
+    src = resolve_model(args.model)
+    print(f"[planner] profiling {src.name} for batch {args.batch} x {args.seq_len} tokens ...", file=sys.stderr,
+          flush=True)
+    profile = profile_model(src, args.batch, args.seq_len)
+    settings = ControllerSettings(batch=args.batch, seq_len=args.seq_len, codec=args.codec,
+                                  prune_method=args.prune_method, split=split, delay_margin=args.delay_margin,
+                                  drift=args.drift, hysteresis=args.hysteresis, min_interval_s=args.min_interval_s)
+    broadcast = PlanBroadcast()
+    controller = Controller(system, profile, settings, broadcast.publish,
+                            profile_at=lambda b, s: profile_from_config(src.config, src.family, src.name, b, s))
+    controller.replan("start")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="coinfer-planner"))
+    ppb_grpc.add_PlannerServicer_to_server(PlannerService(controller, broadcast), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(args.listen)
+    if port == 0:
+        raise UsageError(f"--listen {args.listen}: cannot listen there")
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    print(f"listening on {args.listen.rpartition(':')[0]}:{port}", flush=True)
+    logging.getLogger(__name__).info("first plan: %s", controller.plan)
+    wait_for_termination_signal()
+    health_servicer.enter_graceful_shutdown()
+    broadcast.close()
+    server.stop(2).wait()
+    return 0
+
+
+def _int(value: str, option: str) -> int:
+    from coinfer.errors import UsageError
+
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{option}: expected auto or an integer, got {value!r}") from None
