@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from coinfer import __version__
@@ -27,11 +28,45 @@ COMMAND_MODULES = [
 ]
 
 
+ENV_PREFIX = "COINFER_"
+
+
+def apply_environment(parser: argparse.ArgumentParser, environ=os.environ) -> None:
+    """Let COINFER_<OPTION> set any option's default (e.g. COINFER_MODEL, COINFER_LISTEN,
+    COINFER_MAX_BATCH_SIZE), the way containers are configured; a command-line flag still wins.
+    The value is checked by the option's own type, and a bad one is a usage error naming the variable."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                apply_environment(sub, environ)
+            continue
+        if not action.option_strings or action.dest in ("help", "version"):
+            continue
+        name = ENV_PREFIX + action.dest.upper()
+        if name not in environ:
+            continue
+        raw = environ[name]
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if raw.lower() not in ("1", "true", "yes", "0", "false", "no", ""):
+                parser.error(f"{name}={raw!r}: expected true or false")
+            value = raw.lower() in ("1", "true", "yes")
+        else:
+            try:
+                value = action.type(raw) if action.type else raw
+            except (TypeError, ValueError):
+                parser.error(f"{name}={raw!r}: not a valid value for {action.option_strings[-1]}")
+            if action.choices is not None and value not in action.choices:
+                parser.error(f"{name}={raw!r}: choose from {', '.join(map(str, action.choices))}")
+        action.default = value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coinfer",
         description="Split inference of BERT/BART between an edge device and an edge server over gRPC.",
-        epilog="Run `coinfer COMMAND --help` for the options of one command.",
+        epilog="Run `coinfer COMMAND --help` for the options of one command. Every option can also be "
+               "set from the environment as COINFER_<OPTION> (e.g. COINFER_LISTEN, COINFER_MODEL); "
+               "a flag on the command line wins.",
     )
     parser.add_argument("--version", action="version", version=f"coinfer {__version__}")
     parser.add_argument("--log-level", default="WARNING",
@@ -39,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    apply_environment(parser)
     return parser
 
 

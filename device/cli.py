@@ -26,6 +26,14 @@ def register(subparsers) -> None:
                         help="BART: tokens to generate at most (default: %(default)s)")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="per-request deadline (default: %(default)s)")
     parser.add_argument("--unary", action="store_true", help="one unary call per request instead of a stream")
+    parser.add_argument("--planner", metavar="HOST:PORT",
+                        help="follow this planner's plans (split, rho, codec, frequency cap, transmit power) and "
+                             "report telemetry to it; the device then waits for its first plan")
+    parser.add_argument("--channel-control", metavar="HOST:PORT",
+                        help="the channel emulator's control address: plans set the transmit power there")
+    parser.add_argument("--node-id", default="device", help="name in telemetry (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="go through the sentences this many times; 0 = until stopped (default: %(default)s)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per sentence (full embedding or tokens, and timings)")
     parser.set_defaults(func=run)
@@ -47,6 +55,7 @@ def _read_sentences(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import itertools
     import json
     import sys
 
@@ -60,17 +69,27 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+    if args.batch_size < 1 or args.repeat < 0:
+        raise UsageError("--batch-size must be at least 1 and --repeat at least 0")
     sentences = _read_sentences(args)
     src = resolve_model(args.model, seed=args.seed)
     runtime = DeviceRuntime(src, args.split, args.rho, args.prune_method, args.server, args.codec, args.epoch,
                             args.max_length or None, GenerationOptions(max_new_tokens=args.max_new_tokens),
-                            args.max_message_mb * 1024 * 1024, args.timeout_s, not args.unary)
+                            args.max_message_mb * 1024 * 1024, args.timeout_s, not args.unary,
+                            channel_control=args.channel_control)
     try:
-        runtime.connect()
-        for start in range(0, len(sentences), args.batch_size):
-            chunk = sentences[start:start + args.batch_size]
+        if args.planner:
+            runtime.follow(args.planner, args.node_id)
+            print(f"[device] waiting for a plan from {args.planner} ...", file=sys.stderr, flush=True)
+            if runtime.watcher.wait_for_plan(args.timeout_s) is None:
+                raise UsageError(f"--planner {args.planner}: no plan within {args.timeout_s:g} s")
+            if runtime.client is not None:
+                runtime.client.wait_ready(args.timeout_s)
+        else:
+            runtime.connect()
+        rounds = itertools.count() if args.repeat == 0 else range(args.repeat)
+        chunks = [sentences[i:i + args.batch_size] for i in range(0, len(sentences), args.batch_size)]
+        for _, chunk in ((r, c) for r in rounds for c in chunks):
             result = runtime.infer(chunk)
             texts = _decode_texts(src, result) if result.output_kind == "generated_tokens" else None
             for row, sentence in enumerate(chunk):
@@ -87,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     head = ", ".join(f"{v:+.4f}" for v in values[:4].tolist())
                     print(f"{sentence}\t=> [{head}, ...] dim={values.numel()} norm={values.norm():.4f}", flush=True)
-            print(f"[device] request {result.request_id[:8]}: {len(chunk)} sentences, "
+            print(f"[device] request {result.request_id[:8]} (plan {result.plan_epoch}): {len(chunk)} sentences, "
                   f"{result.end_to_end_s * 1e3:.1f} ms end to end, {result.bytes_sent} bytes sent",
                   file=sys.stderr, flush=True)
     except InferenceError as exc:

@@ -58,3 +58,15 @@ def test_bad_ratio_is_a_usage_error():
 def test_unknown_model_is_a_usage_error():
     out = coinfer("device", "--model", "/no/such/folder", "hello")
     assert out.returncode == 2 and "never downloads" in out.stderr
+
+
+def test_options_come_from_the_environment_and_flags_win():
+    import os
+
+    env = {**os.environ, "COINFER_SPLIT": "9"}
+    out = coinfer("server", "--listen", "127.0.0.1:0", env=env)
+    assert out.returncode == 2 and "split point 9" in out.stderr  # the environment set --split
+    out = coinfer("server", "--listen", "127.0.0.1:0", "--split", "8", env=env)
+    assert out.returncode == 2 and "split point 8" in out.stderr  # the flag won
+    out = coinfer("server", env={**os.environ, "COINFER_MAX_BATCH_SIZE": "many"})
+    assert out.returncode == 2 and "COINFER_MAX_BATCH_SIZE" in out.stderr
