@@ -78,7 +78,7 @@ def _system(**qos):
 def test_sweep_table_and_choice(bert_base):
     from coinfer.planner.scenario import parse_system
 
-    system = parse_system(_system(max_delay_s=0.06, max_energy_j=0.03))
+    system = parse_system(_system(max_delay_s=0.08, max_energy_j=0.01))
     res = plan_splits(bert_base, system)
     assert [r.split for r in res.table] == list(range(13))
     feasible = [r for r in res.table if r.feasible]
@@ -115,7 +115,7 @@ def test_sweep_infeasible_everywhere_reports_least_limits(bert_base):
 
 
 def test_sweep_codec_changes_what_is_sent(bert_base):
-    sysd = _system(max_delay_s=0.06, max_energy_j=0.03)
+    sysd = _system(max_delay_s=0.08, max_energy_j=0.01)
     fp32 = plan_splits(bert_base, sysd, split=3)
     int8 = plan_splits(bert_base, sysd, split=3, codec="int8")
     assert int8.sent_bits[3] < fp32.sent_bits[3] / 3
