@@ -13,7 +13,9 @@ import os
 import sys
 
 from coinfer import __version__
+from coinfer import security
 from coinfer.errors import UsageError
+from coinfer.security import add_security_arguments
 
 # Modules that define subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -29,6 +31,8 @@ COMMAND_MODULES = [
 
 
 ENV_PREFIX = "COINFER_"
+# Commands that serve or call gRPC services take the security options (TLS, mTLS, token).
+SECURE_COMMANDS = ("server", "device", "planner", "channel", "group")
 
 
 def apply_environment(parser: argparse.ArgumentParser, environ=os.environ) -> None:
@@ -74,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
+    for name, sub in subparsers.choices.items():
+        if name in SECURE_COMMANDS:
+            add_security_arguments(sub)
     apply_environment(parser)
     return parser
 
@@ -81,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    security.configure(security.from_args(args))
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

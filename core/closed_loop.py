@@ -61,7 +61,7 @@ def run_closed_loop(args) -> int:
     from coinfer.protos import planner_pb2 as ppb
     from coinfer.protos import planner_pb2_grpc as ppb_grpc
 
-    import grpc
+    from coinfer import security
 
     src = resolve_model(args.model, seed=args.seed)
     split = args.split
@@ -111,7 +111,7 @@ def run_closed_loop(args) -> int:
         device.follow(planner.address, "device")
         if device.watcher.wait_for_plan(60) is None:
             raise RuntimeError("no plan from the planner within 60 s")
-        planner_channel = grpc.insecure_channel(planner.address)
+        planner_channel = security.channel(planner.address)
         stack.callback(planner_channel.close)
         planner_stub = ppb_grpc.PlannerStub(planner_channel)
         control = ChannelControlClient(channel.endpoints["control"])

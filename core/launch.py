@@ -22,11 +22,12 @@ class ServiceProcess:
     """`python -m coinfer ARGS` as a child; `address` is set once it listens. Always stop() it."""
 
     def __init__(self, args: list[str], name: str, ready_timeout_s: float = 180.0, stderr=None,
-                 expect: tuple[str, ...] = ("listening",)):
+                 expect: tuple[str, ...] = ("listening",), env: dict | None = None):
         self.name = name
         self.endpoints: dict[str, str] = {}
         self.proc = subprocess.Popen([sys.executable, "-m", "coinfer", *args], stdout=subprocess.PIPE,
-                                     stderr=stderr, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     stderr=stderr, text=True,
+                                     env={**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1"})
         self.address = self._wait_for_endpoints(expect, ready_timeout_s)
 
     def _wait_for_endpoints(self, expect: tuple[str, ...], timeout_s: float) -> str:

@@ -14,9 +14,11 @@ from typing import Callable
 
 import grpc
 
+from coinfer import security
 from coinfer.protos import planner_pb2 as ppb
 from coinfer.protos import planner_pb2_grpc as ppb_grpc
 from coinfer.retry import RetryPolicy
+from coinfer.rpc import client_options
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class PlanWatcher:
         self._first = threading.Event()
         self._stop = threading.Event()
         self._call = None
-        self._channel = grpc.insecure_channel(address)
+        self._channel = security.channel(address, client_options())
         self._thread = threading.Thread(target=self._run, name=f"coinfer-plans-{role}", daemon=True)
 
     def start(self) -> "PlanWatcher":
@@ -100,7 +102,7 @@ class TelemetryReporter:
         self.dropped = 0
         self._queue: queue.Queue = queue.Queue(max_queued)
         self._stop = threading.Event()
-        self._channel = grpc.insecure_channel(address)
+        self._channel = security.channel(address, client_options())
         self._thread = threading.Thread(target=self._run, name="coinfer-telemetry", daemon=True)
 
     def start(self) -> "TelemetryReporter":

@@ -15,6 +15,30 @@ def message_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
     ]
 
 
+def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Message limits, and tolerance of the clients' keepalive pings (by default a server answers
+    pings more frequent than every five minutes with GOAWAY)."""
+    return message_options(max_message_bytes) + [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+def client_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Message limits, plus reconnection that notices a restarted peer within a second (gRPC's
+    default backoff grows to two minutes) and keepalive pings that notice a dead connection."""
+    return message_options(max_message_bytes) + [
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 def split_address(address: str) -> tuple[str, int]:
     """'host:port' -> (host, port); IPv6 hosts may be bracketed."""
     host, sep, port = address.rpartition(":")

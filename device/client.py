@@ -13,9 +13,10 @@ from concurrent.futures import Future, TimeoutError as FutureTimeout
 
 import grpc
 
+from coinfer import security
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.protos import coinfer_pb2_grpc as pb_grpc
-from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, EPOCH_METADATA, message_options
+from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, EPOCH_METADATA, client_options
 
 _CLOSE = object()
 
@@ -52,7 +53,8 @@ class _Stream:
         self.pending: dict[str, Future] = {}
         self.lock = threading.Lock()
         self.broken: grpc.RpcError | None = None
-        self.call = stub.InferStream(iter(self.outbox.get, _CLOSE))
+        # wait_for_ready: while the server restarts, the stream waits for it instead of failing at once
+        self.call = stub.InferStream(iter(self.outbox.get, _CLOSE), wait_for_ready=True)
         self.reader = threading.Thread(target=self._read, name="coinfer-stream-reader", daemon=True)
         self.reader.start()
 
@@ -116,10 +118,23 @@ class InferenceClient:
         self.address = address
         self.timeout_s = timeout_s
         self.use_stream = use_stream
-        self.channel = grpc.insecure_channel(address, options=message_options(max_message_bytes))
-        self.stub = pb_grpc.CoInferenceStub(self.channel)
+        self.max_message_bytes = max_message_bytes
         self._stream: _Stream | None = None
         self._stream_lock = threading.Lock()
+        self._connect()
+
+    def _connect(self) -> None:
+        self.channel = security.channel(self.address, client_options(self.max_message_bytes))
+        self.stub = pb_grpc.CoInferenceStub(self.channel)
+
+    def reset(self) -> None:
+        """Drop the stream and the connection: after a stalled call, the next one starts afresh."""
+        with self._stream_lock:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+            self.channel.close()
+            self._connect()
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         try:
@@ -145,7 +160,7 @@ class InferenceClient:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         if not self.use_stream:
             try:
-                reply = self.stub.Infer(request, timeout=timeout_s)
+                reply = self.stub.Infer(request, timeout=timeout_s, wait_for_ready=True)
             except grpc.RpcError as exc:
                 raise _from_rpc_error(exc) from None
         else:

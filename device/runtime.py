@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 DEFAULT_DEVICE_POWER = PowerModel(pue=1.0, power_coeff=1.0e-28)
 DEFAULT_DEVICE_MAX_FREQ_HZ = 2.0e9
 RESEND = RetryPolicy(initial_s=0.02, max_s=0.5, max_attempts=20)
+# Transient failures: the server or the link went away (a reset stream, a restart) or one attempt
+# timed out on a stalled peer. The same request is sent again; the server's reply cache makes sure
+# a request it already computed is answered, not computed again.
+RETRY = RetryPolicy(initial_s=0.1, max_s=2.0, max_attempts=30)
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED,
+             grpc.StatusCode.DEADLINE_EXCEEDED)
 OUTPUT_HIDDEN_STATES = "hidden_states"  # a device half answering with no server (a device group alone)
 
 
@@ -77,6 +83,7 @@ class DeviceResult:
     bytes_received: int
     plan_epoch: int = 0           # the plan the answer was computed under
     resends: int = 0              # times the server asked for the request under another plan
+    retries: int = 0              # transient failures (server or link away, a stalled attempt) retried
     device_energy_j: float = 0.0
     device_energy_source: str = "model"
     server_energy_j: float = 0.0
@@ -91,12 +98,16 @@ class DeviceRuntime:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout_s: float = 120.0,
                  use_stream: bool = True, max_freq_hz: float = DEFAULT_DEVICE_MAX_FREQ_HZ,
                  power_model: PowerModel = DEFAULT_DEVICE_POWER, channel_control: str | None = None,
-                 telemetry=None):
+                 telemetry=None, attempt_timeout_s: float | None = None):
         if codec not in CODECS:
             raise UsageError(f"--codec: unknown codec {codec!r} (one of {', '.join(CODECS)})")
         self.src = src
         self.generation = generation
         self.timeout_s = timeout_s
+        # one attempt may stall (a peer that accepts and never answers); the request as a whole
+        # still has timeout_s, over several attempts
+        self.attempt_timeout_s = attempt_timeout_s or max(1.0, timeout_s / 4)
+        self.retries = 0  # transient failures retried, over this runtime's life
         self.max_length = min(max_length or src.max_seq_length, src.max_seq_length)
         self.freq = FrequencyControl("cpu", max_freq_hz)
         self.meter = make_meter("cpu", power_model)
@@ -238,7 +249,7 @@ class DeviceRuntime:
         started = time.perf_counter()
         deadline = time.monotonic() + self.timeout_s
         batch, seq_len = int(input_ids.shape[0]), int(input_ids.shape[1])
-        resends = 0
+        resends = retries = 0
         state, hidden, compute_s, energy = self._compute(input_ids, attention_mask)
         while True:
             if state.part.runs_alone or self.client is None:
@@ -246,14 +257,33 @@ class DeviceRuntime:
                     raise UsageError("the plan leaves blocks to the server, but this device has no --server")
                 kind = OUTPUT_SENTENCE_EMBEDDING if state.part.runs_alone else OUTPUT_HIDDEN_STATES
                 finished = time.perf_counter()
-                return DeviceResult(request_id, hidden, kind, batch, seq_len, compute_s, 0.0, 0.0, 0.0, 0.0, 0,
-                                    finished - started, 0, 0, state.plan.epoch, resends, energy.joules, energy.source)
+                return DeviceResult(
+                    request_id=request_id, output=hidden, output_kind=kind, batch=batch, seq_len=seq_len,
+                    device_compute_s=compute_s, encode_s=0.0, transfer_s=0.0, server_queue_s=0.0,
+                    server_compute_s=0.0, server_batch_size=0, end_to_end_s=finished - started, bytes_sent=0,
+                    bytes_received=0, plan_epoch=state.plan.epoch, resends=resends,
+                    device_energy_j=energy.joules, device_energy_source=energy.source)
             encode_from = time.perf_counter()
             request = self._request(request_id, state, hidden, attention_mask)
             sent_at = time.perf_counter()
             try:
-                reply = self.client.infer(request, timeout_s=max(0.1, deadline - time.monotonic()))
+                attempt_s = min(self.attempt_timeout_s, deadline - time.monotonic())
+                reply = self.client.infer(request, timeout_s=max(0.05, attempt_s))
             except InferenceError as exc:
+                if exc.code in TRANSIENT and retries < RETRY.max_attempts:
+                    wait = RETRY.delay(retries)
+                    if time.monotonic() + wait < deadline:
+                        retries += 1
+                        self.retries += 1
+                        log.info("request %s: %s; retry %d in %.2f s", request_id[:8], exc.code.name, retries, wait)
+                        if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                            self.client.reset()  # a stalled connection: the next attempt starts afresh
+                        time.sleep(wait)
+                        if self.state is not state:
+                            state, hidden, compute_s, energy = self._compute(input_ids, attention_mask)
+                        continue
+                    raise InferenceError(exc.code, f"{exc.message} (gave up after {retries} retries within "
+                                                   f"the {self.timeout_s:g} s deadline)", exc.server_epoch) from None
                 if not self._should_resend(exc, state, deadline, resends):
                     raise
                 resends += 1
@@ -276,7 +306,7 @@ class DeviceRuntime:
                 transfer_s=max(0.0, answered - sent_at - server_s), server_queue_s=t.queue_s,
                 server_compute_s=t.compute_s, server_batch_size=t.batch_size, end_to_end_s=finished - started,
                 bytes_sent=request.ByteSize(), bytes_received=reply.ByteSize(), plan_epoch=state.plan.epoch,
-                resends=resends, device_energy_j=energy.joules, device_energy_source=energy.source,
+                resends=resends, retries=retries, device_energy_j=energy.joules, device_energy_source=energy.source,
                 server_energy_j=t.energy_j, server_energy_source=t.energy_source)
             if self.telemetry is not None:
                 self.telemetry.report_device(result, state.plan.epoch, self.freq.effective_freq_hz(),

@@ -43,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+    from coinfer import security
     from coinfer.errors import UsageError
+    from coinfer.rpc import server_options
     from coinfer.models import resolve_model
     from coinfer.planner.controller import Controller, ControllerSettings
     from coinfer.planner.defaults import DEFAULT_SYSTEM
@@ -71,11 +73,12 @@ def run(args: argparse.Namespace) -> int:
                             profile_at=lambda b, s: profile_from_config(src.config, src.family, src.name, b, s))
     controller.replan("start")
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="coinfer-planner"))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="coinfer-planner"),
+                         options=server_options(), interceptors=security.current().interceptors())
     ppb_grpc.add_PlannerServicer_to_server(PlannerService(controller, broadcast), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(args.listen)
+    port = security.current().bind(server, args.listen)
     if port == 0:
         raise UsageError(f"--listen {args.listen}: cannot listen there")
     server.start()

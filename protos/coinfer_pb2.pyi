@@ -140,7 +140,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("model_id", "family", "num_blocks", "split_point", "plan_epoch", "rho", "prune_method", "device", "max_message_bytes", "output_kind", "freq_cap_hz", "freq_mode", "energy_source")
+    __slots__ = ("model_id", "family", "num_blocks", "split_point", "plan_epoch", "rho", "prune_method", "device", "max_message_bytes", "output_kind", "freq_cap_hz", "freq_mode", "energy_source", "requests_computed", "replies_from_cache")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,8 @@ class ServerInfo(_message.Message):
     FREQ_CAP_HZ_FIELD_NUMBER: _ClassVar[int]
     FREQ_MODE_FIELD_NUMBER: _ClassVar[int]
     ENERGY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_COMPUTED_FIELD_NUMBER: _ClassVar[int]
+    REPLIES_FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     family: str
     num_blocks: int
@@ -167,4 +169,6 @@ class ServerInfo(_message.Message):
     freq_cap_hz: float
     freq_mode: str
     energy_source: str
-    def __init__(self, model_id: _Optional[str] = ..., family: _Optional[str] = ..., num_blocks: _Optional[int] = ..., split_point: _Optional[int] = ..., plan_epoch: _Optional[int] = ..., rho: _Optional[float] = ..., prune_method: _Optional[str] = ..., device: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., output_kind: _Optional[str] = ..., freq_cap_hz: _Optional[float] = ..., freq_mode: _Optional[str] = ..., energy_source: _Optional[str] = ...) -> None: ...
+    requests_computed: int
+    replies_from_cache: int
+    def __init__(self, model_id: _Optional[str] = ..., family: _Optional[str] = ..., num_blocks: _Optional[int] = ..., split_point: _Optional[int] = ..., plan_epoch: _Optional[int] = ..., rho: _Optional[float] = ..., prune_method: _Optional[str] = ..., device: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., output_kind: _Optional[str] = ..., freq_cap_hz: _Optional[float] = ..., freq_mode: _Optional[str] = ..., energy_source: _Optional[str] = ..., requests_computed: _Optional[int] = ..., replies_from_cache: _Optional[int] = ...) -> None: ...

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from coinfer import security
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.protos import coinfer_pb2_grpc as pb_grpc
-from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, message_options
+from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, server_options
 from coinfer.server.batcher import DynamicBatcher
 from coinfer.server.half import ServerHalf
 from coinfer.server.service import CoInferenceService
@@ -41,13 +42,13 @@ def start_server(half: ServerHalf, listen: str, max_message_bytes: int = DEFAULT
     """Start serving `half` on `listen` (port 0 picks a free port); `telemetry` (a NodeTelemetry)
     receives a sample per answered request."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coinfer-rpc"),
-                         options=message_options(max_message_bytes))
+                         options=server_options(max_message_bytes), interceptors=security.current().interceptors())
     batcher = DynamicBatcher(half, max_batch_size, max_queue_delay_s)
     service = CoInferenceService(half, batcher, max_message_bytes, telemetry=telemetry)
     pb_grpc.add_CoInferenceServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(listen)
+    port = security.current().bind(server, listen)
     if port == 0:
         batcher.stop()
         raise OSError(f"cannot listen on {listen}")

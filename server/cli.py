@@ -17,6 +17,10 @@ def register(subparsers) -> None:
                         help="address to bind; port 0 picks a free port (default: %(default)s)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when present, else CPU), cpu, or cuda:N (default: %(default)s)")
+    parser.add_argument("--dtype", default="fp32", choices=["auto", "fp32", "fp16", "bf16"],
+                        help="precision of the server half's weights and compute; answers are float32 "
+                             "either way. auto: fp32 on the CPU, bf16 (else fp16) on CUDA; fp16 needs CUDA "
+                             "(default: %(default)s)")
     parser.add_argument("--workers", type=int, default=16,
                         help="gRPC worker threads: bounds the concurrent calls/streams (default: %(default)s)")
     parser.add_argument("--max-batch-size", type=int, default=8,
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.models import resolve_model
     from coinfer.pruning import check_method, check_ratio
     from coinfer.server.app import start_server, wait_for_termination_signal
-    from coinfer.server.half import ServerHalf
+    from coinfer.server.half import ServerHalf, pick_device, resolve_dtype
     from coinfer.split import check_split
 
     if args.threads:
@@ -55,12 +59,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_ratio(args.rho, "--rho")
         check_method(args.prune_method)
+        resolve_dtype(args.dtype, pick_device(args.device))  # before loading anything
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     src = resolve_model(args.model, seed=args.seed)
     check_split(src, args.split)
     print(f"[server] loading blocks {args.split + 1}..{src.num_blocks} of {src.name} ...", file=sys.stderr, flush=True)
-    half = ServerHalf(src, args.split, args.rho, args.prune_method, args.epoch, args.device, args.max_freq_hz)
+    half = ServerHalf(src, args.split, args.rho, args.prune_method, args.epoch, args.device, args.max_freq_hz,
+                      dtype=args.dtype)
     if half.freq.mode == "emulated":
         print(f"[server] frequency caps are emulated ({half.freq.reason}); energy from {half.meter.source}",
               file=sys.stderr, flush=True)

@@ -67,12 +67,32 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype the server half computes in (--dtype): fp32, or half precision where it pays. auto is
+    fp32 on the CPU and, on CUDA, bf16 where the GPU supports it, else fp16. fp16 on the CPU is refused:
+    CPU fp16 kernels are missing or slower than fp32; bf16 on the CPU is allowed."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError(f"--dtype fp16 needs a CUDA device; the server half runs on {device} "
+                         "(use --dtype bf16 or fp32 there)")
+    return DTYPES[name]
+
+
 class ServerHalf:
     def __init__(self, src: ModelSource, split: int, rho: float = 1.0, method: str = "magnitude",
                  epoch: int = 0, device: str = "auto", max_freq_hz: float = DEFAULT_SERVER_MAX_FREQ_HZ,
-                 power_model: PowerModel = DEFAULT_SERVER_POWER):
+                 power_model: PowerModel = DEFAULT_SERVER_POWER, dtype: str = "fp32"):
         self.src = src
         self.device = pick_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self._kind = "gpu" if self.device.type == "cuda" else "cpu"
         self._index = self.device.index or 0
         self.freq = FrequencyControl(self._kind, max_freq_hz, device_index=self._index)
@@ -92,7 +112,7 @@ class ServerHalf:
 
     def _build(self, plan: ServerPlan) -> HalfState:
         check_split(self.src, plan.split)
-        part = ServerPart(self.src, plan.split).to(self.device)
+        part = ServerPart(self.src, plan.split).to(self.device, self.dtype)  # floating weights only
         pruner = Pruner(part.linear_layers(), seed=self.src.seed, head_dim=self.src.head_dim)
         pruner.apply(plan.rho, plan.method)
         return HalfState(plan, part, pruner)
@@ -134,7 +154,9 @@ class ServerHalf:
                 raise PlanChanged(self.state.plan)
             started = time.perf_counter()
             token = self.meter.begin()
-            out = state.part(x.to(self.device), attention_mask.to(self.device), generation)
+            # hidden states in the half's dtype; token ids (k = 0) stay integers
+            x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
+            out = state.part(x, attention_mask.to(self.device), generation)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # host time is only right once the GPU is done
             busy = time.perf_counter() - started
@@ -142,4 +164,6 @@ class ServerHalf:
             finished = time.perf_counter()
             energy = self.meter.end(token, finished - started, self.freq.effective_freq_hz())
             out = out.cpu()
+            if out.is_floating_point():
+                out = out.float()  # answers are float32 whatever the half computed in
         return out, started - waited_from, finished - started, energy

@@ -21,6 +21,7 @@ from coinfer.protos import coinfer_pb2_grpc as pb_grpc
 from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, EPOCH_METADATA
 from coinfer.server.batcher import BatchItemError, DynamicBatcher
 from coinfer.server.half import ServerHalf
+from coinfer.server.replies import ReplyCache
 from coinfer.split import GenerationOptions
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         self.max_message_bytes = max_message_bytes
         self.max_batch = max_batch
         self.max_in_flight_per_stream = max_in_flight_per_stream
+        self.replies = ReplyCache()
+        self.computed = 0  # requests this server computed (a cached answer is not counted again)
+        self._count_lock = threading.Lock()
 
     # --- validation --------------------------------------------------------------------------
     def _inputs(self, request: pb.InferRequest, state) -> tuple[torch.Tensor, torch.Tensor, GenerationOptions]:
@@ -161,9 +165,35 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         return pb.InferReply(request_id=request.request_id, plan_epoch=self.half.plan.epoch,
                              error=pb.Error(code=exc.code.value[0], message=exc.message))
 
+    def _start(self, request: pb.InferRequest) -> Future:
+        """A future of the request's reply (it raises RequestError on failure). A retry of a request
+        already answered, or still being computed, gets that same reply: nothing is computed twice."""
+        key = (request.request_id, request.plan_epoch)
+        reply, owner = self.replies.claim(key)
+        if not owner:
+            return reply
+        try:
+            batch_future, decode_s = self._submit(request)
+        except RequestError as exc:
+            self.replies.release(key)  # a refused request is not an answer to remember
+            reply.set_exception(exc)
+            return reply
+
+        def finish(done: Future) -> None:
+            try:
+                reply.set_result(self._reply(request, done, decode_s))
+                with self._count_lock:
+                    self.computed += 1
+            except RequestError as exc:
+                self.replies.release(key)
+                reply.set_exception(exc)
+
+        batch_future.add_done_callback(finish)
+        return reply
+
     def Infer(self, request, context):
         try:
-            return self._reply(request, *self._submit(request))
+            return self._start(request).result()
         except RequestError as exc:
             # the epoch held travels with every refusal, so a device can tell "re-send" from "wait"
             context.set_trailing_metadata(((EPOCH_METADATA, str(self.half.plan.epoch)),))
@@ -181,31 +211,23 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
                 for request in request_iterator:
                     slots.acquire()  # back-pressure: stop reading while the stream has too much in flight
                     submitted += 1
-                    try:
-                        future, decode_s = self._submit(request)
-                    except RequestError as exc:
-                        events.put((request, exc, 0.0))
-                        continue
-                    future.add_done_callback(lambda f, r=request, d=decode_s: events.put((r, f, d)))
+                    self._start(request).add_done_callback(lambda f, r=request: events.put((r, f)))
             except grpc.RpcError:
                 pass  # the client went away; what is in flight finishes and is dropped
             finally:
-                events.put((_END_OF_REQUESTS, submitted, 0.0))
+                events.put((_END_OF_REQUESTS, submitted))
 
         threading.Thread(target=read_requests, name="coinfer-stream-requests", daemon=True).start()
         answered, total = 0, None
         while total is None or answered < total:
-            request, outcome, decode_s = events.get()
+            request, outcome = events.get()
             if request is _END_OF_REQUESTS:
                 total = outcome
                 continue
             answered += 1
             slots.release()
-            if isinstance(outcome, RequestError):
-                yield self._error_reply(request, outcome)
-                continue
             try:
-                yield self._reply(request, outcome, decode_s)
+                yield outcome.result()
             except RequestError as exc:
                 yield self._error_reply(request, exc)
 
@@ -216,4 +238,5 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
                              prune_method=plan.method, device=str(self.half.device),
                              max_message_bytes=self.max_message_bytes, output_kind=self.half.output_kind,
                              freq_cap_hz=plan.freq_hz, freq_mode=self.half.freq.mode,
-                             energy_source=self.half.meter.source)
+                             energy_source=self.half.meter.source, requests_computed=self.computed,
+                             replies_from_cache=self.replies.hits)

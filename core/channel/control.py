@@ -18,6 +18,8 @@ from dataclasses import fields
 
 import grpc
 
+from coinfer import security
+
 from coinfer.channel.model import FIXED, RADIO, UNLIMITED, ChannelStats, RadioNotConfigured
 from coinfer.protos import channel_pb2, channel_pb2_grpc
 
@@ -91,10 +93,10 @@ class _ControlServer:
 def start_control_server(emulator, address: str) -> tuple[_ControlServer, int]:
     """Serve ChannelControl for `emulator` on address (port 0 picks one); returns (server, port)."""
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="coinfer-channel-control")
-    server = grpc.server(executor)
+    server = grpc.server(executor, interceptors=security.current().interceptors())
     channel_pb2_grpc.add_ChannelControlServicer_to_server(ChannelControlServicer(emulator), server)
     try:
-        port = server.add_insecure_port(address)
+        port = security.current().bind(server, address)
     except RuntimeError as exc:      # grpc's way of saying it could not bind
         executor.shutdown(wait=False)
         raise ControlListenError(f"cannot listen on {address}: {str(exc).split(';')[0]}") from None
@@ -107,7 +109,7 @@ class ChannelControlClient:
 
     def __init__(self, target: str, timeout_s: float = 5.0):
         self.target, self.timeout_s = target, timeout_s
-        self._channel = grpc.insecure_channel(target)
+        self._channel = security.channel(target)
         self._stub = channel_pb2_grpc.ChannelControlStub(self._channel)
 
     def _call(self, method, request) -> ChannelStats:
