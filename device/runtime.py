@@ -24,6 +24,7 @@ from coinfer.energy import PowerModel, make_meter
 from coinfer.errors import UsageError
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
+from coinfer.planner.defaults import DEFAULT_SYSTEM
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.pruning import Pruner, check_method, check_ratio
 from coinfer.retry import RetryPolicy
@@ -32,9 +33,9 @@ from coinfer.split import OUTPUT_GENERATED_TOKENS, OUTPUT_SENTENCE_EMBEDDING, De
 
 log = logging.getLogger(__name__)
 
-# The device's power model where energy is not measured: the default system's mobile core.
-DEFAULT_DEVICE_POWER = PowerModel(pue=1.0, power_coeff=1.0e-28)
-DEFAULT_DEVICE_MAX_FREQ_HZ = 2.0e9
+# Where energy is not measured, the device's power model is the planner's default system's.
+DEFAULT_DEVICE_POWER = PowerModel(pue=DEFAULT_SYSTEM["device"]["pue"], power_coeff=DEFAULT_SYSTEM["device"]["power_coeff"])
+DEFAULT_DEVICE_MAX_FREQ_HZ = DEFAULT_SYSTEM["device"]["max_freq_hz"]
 RESEND = RetryPolicy(initial_s=0.02, max_s=0.5, max_attempts=20)
 # Transient failures: the server or the link went away (a reset stream, a restart) or one attempt
 # timed out on a stalled peer. The same request is sent again; the server's reply cache makes sure

@@ -170,8 +170,11 @@ class _Convex:
             u = {k: float(v.value) for k, v in self.u.items()}
         s = scn.system
         # Frequencies and power from the stage times (the solver's e and z are not trusted).
-        f_d = s.device.max_freq_hz * (1.0 if self.fixes.freq else min(1.0, rho_d / u["d"])) if self.shape.device else 0.0
-        f_s = s.server.max_freq_hz * (1.0 if self.fixes.freq else min(1.0, rho_s / u["s"])) if self.shape.server else 0.0
+        # a stage time of ~0 only comes back from an inaccurate solve near infeasibility: full clock then
+        f_d = s.device.max_freq_hz * (1.0 if self.fixes.freq else min(1.0, rho_d / max(u["d"], 1e-12))) \
+            if self.shape.device else 0.0
+        f_s = s.server.max_freq_hz * (1.0 if self.fixes.freq else min(1.0, rho_s / max(u["s"], 1e-12))) \
+            if self.shape.server else 0.0
         p = 0.0
         if self.shape.upload:
             p = s.max_tx_power_w if self.fixes.power else min(

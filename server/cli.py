@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--planner", metavar="HOST:PORT",
                         help="follow this planner's plans (split, rho, frequency cap) and report telemetry to it")
     parser.add_argument("--node-id", default="server", help="name in telemetry (default: %(default)s)")
-    parser.add_argument("--max-freq-hz", type=float, default=1.5e9,
+    parser.add_argument("--max-freq-hz", type=float, default=3.0e9,
                         help="F_s, the clock a frequency cap is relative to; plans from a planner set it "
                              "(default: %(default)g)")
     parser.add_argument("--grace-s", type=float, default=10.0,

@@ -19,14 +19,15 @@ import torch
 from coinfer.energy import EnergyReading, PowerModel, make_meter
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
+from coinfer.planner.defaults import DEFAULT_SYSTEM
 from coinfer.pruning import Pruner, check_method, check_ratio
 from coinfer.split import GenerationOptions, ServerPart, check_split
 
 log = logging.getLogger(__name__)
 
-# The server's power model where energy is not measured: the default system's accelerator numbers.
-DEFAULT_SERVER_POWER = PowerModel(pue=1.5, power_coeff=5.0e-27)
-DEFAULT_SERVER_MAX_FREQ_HZ = 1.5e9
+# Where energy is not measured, the server's power model is the planner's default system's.
+DEFAULT_SERVER_POWER = PowerModel(pue=DEFAULT_SYSTEM["server"]["pue"], power_coeff=DEFAULT_SYSTEM["server"]["power_coeff"])
+DEFAULT_SERVER_MAX_FREQ_HZ = DEFAULT_SYSTEM["server"]["max_freq_hz"]
 
 
 @dataclass(frozen=True)

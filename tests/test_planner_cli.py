@@ -111,3 +111,25 @@ def test_plan_json_tiny_model(tmp_path):
 def test_plan_bad_split_exits_2():
     res = coinfer("plan", "--model", "random:bert-tiny", "--split", "9", timeout=300)
     assert res.returncode == 2 and "split" in res.stderr
+
+
+def test_near_infeasible_budget_is_an_answer_not_a_crash(tmp_path):
+    """Regression: a solve close to infeasibility returned a zero stage time and divided by it."""
+    scenario = {
+        "segments": {"device": {"flops": 5586812928.0, "params": 21233664.0, "weight_scale": 0.01595769121605731},
+                     "server": {"flops": 16760438784.0, "params": 63700992.0, "weight_scale": 0.015957691216057307}},
+        "embedding_bits": 3145728.0, "weight_bits": 16,
+        "device": {"max_freq_hz": 2.0e9, "flops_per_cycle": 8.0, "pue": 1.0, "power_coeff": 1.903160185916816e-29,
+                   "max_tx_power_w": 0.2},
+        "server": {"max_freq_hz": 3.0e9, "flops_per_cycle": 32.0, "pue": 1.5, "power_coeff": 1.898220238909975e-25},
+        "channel": {"bandwidth_hz": 1.0e7, "noise_psd_w_per_hz": 3.98e-21, "gain": 1.0e-9},
+        "qos": {"max_delay_s": 0.7929009427371662, "max_energy_j": 0.010776950019676388},
+        "distortion": {"model": "magnitude", "min_ratio": 0.05},
+        "scheme": "joint",
+    }
+    path = tmp_path / "near_infeasible.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    out = subprocess.run([sys.executable, "-m", "coinfer", "solve", str(path), "--json"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "feasible" in json.loads(out.stdout)
