@@ -38,13 +38,13 @@ class RunningServer:
 
 def start_server(half: ServerHalf, listen: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  workers: int = 16, max_batch_size: int = 8, max_queue_delay_s: float = 0.0,
-                 telemetry=None) -> RunningServer:
+                 telemetry=None, metrics=None) -> RunningServer:
     """Start serving `half` on `listen` (port 0 picks a free port); `telemetry` (a NodeTelemetry)
     receives a sample per answered request."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coinfer-rpc"),
                          options=server_options(max_message_bytes), interceptors=security.current().interceptors())
     batcher = DynamicBatcher(half, max_batch_size, max_queue_delay_s)
-    service = CoInferenceService(half, batcher, max_message_bytes, telemetry=telemetry)
+    service = CoInferenceService(half, batcher, max_message_bytes, telemetry=telemetry, metrics=metrics)
     pb_grpc.add_CoInferenceServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--planner", metavar="HOST:PORT",
                         help="follow this planner's plans (split, rho, frequency cap) and report telemetry to it")
     parser.add_argument("--node-id", default="server", help="name in telemetry (default: %(default)s)")
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT",
+                        help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics")
     parser.add_argument("--max-freq-hz", type=float, default=3.0e9,
                         help="F_s, the clock a frequency cap is relative to; plans from a planner set it "
                              "(default: %(default)g)")
@@ -77,9 +79,18 @@ def run(args: argparse.Namespace) -> int:
 
         telemetry = NodeTelemetry(args.planner, args.node_id)
         watcher = PlanWatcher(args.planner, args.node_id, "server", lambda plan: _follow(half, plan)).start()
+    metrics = None
+    if args.metrics_listen:
+        from coinfer.server.metrics import ServerMetrics
+
+        metrics = ServerMetrics()
+        try:
+            metrics.serve(args.metrics_listen)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--metrics-listen {args.metrics_listen}: {exc}") from None
     try:
         running = start_server(half, args.listen, args.max_message_mb * 1024 * 1024, args.workers,
-                               args.max_batch_size, args.max_queue_delay_ms / 1e3, telemetry)
+                               args.max_batch_size, args.max_queue_delay_ms / 1e3, telemetry, metrics)
     except (OSError, RuntimeError) as exc:
         raise UsageError(f"--listen {args.listen}: {exc}") from None
     host = args.listen.rpartition(":")[0]

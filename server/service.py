@@ -46,8 +46,9 @@ def _invalid(message: str) -> RequestError:
 class CoInferenceService(pb_grpc.CoInferenceServicer):
     def __init__(self, half: ServerHalf, batcher: DynamicBatcher,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_batch: int = MAX_BATCH,
-                 max_in_flight_per_stream: int = 32, telemetry=None):
+                 max_in_flight_per_stream: int = 32, telemetry=None, metrics=None):
         self.half = half
+        self.metrics = metrics  # a ServerMetrics, when the process exports Prometheus metrics
         self.telemetry = telemetry  # a ServerTelemetry, when a planner listens
         self.batcher = batcher
         self.max_message_bytes = max_message_bytes
@@ -159,9 +160,14 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
                                    freq_hz=result.freq_hz))
         if self.telemetry is not None:
             self.telemetry.report_server(request, reply)
+        if self.metrics is not None:
+            self.metrics.answered(reply.timing)
+            self.metrics.epoch.set(self.half.plan.epoch)
         return reply
 
     def _error_reply(self, request: pb.InferRequest, exc: RequestError) -> pb.InferReply:
+        if self.metrics is not None:
+            self.metrics.refused(exc.code.name)
         return pb.InferReply(request_id=request.request_id, plan_epoch=self.half.plan.epoch,
                              error=pb.Error(code=exc.code.value[0], message=exc.message))
 
@@ -171,6 +177,8 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         key = (request.request_id, request.plan_epoch)
         reply, owner = self.replies.claim(key)
         if not owner:
+            if self.metrics is not None:
+                self.metrics.cache_hits.inc()
             return reply
         try:
             batch_future, decode_s = self._submit(request)
@@ -197,6 +205,8 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         except RequestError as exc:
             # the epoch held travels with every refusal, so a device can tell "re-send" from "wait"
             context.set_trailing_metadata(((EPOCH_METADATA, str(self.half.plan.epoch)),))
+            if self.metrics is not None:
+                self.metrics.refused(exc.code.name)
             context.abort(exc.code, exc.message)
 
     def InferStream(self, request_iterator, context):

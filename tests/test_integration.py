@@ -166,3 +166,24 @@ def test_device_command_reports_a_plan_mismatch(minilm_server):
                           "--split", "4", "hello"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "split point 2 (device has 4)" in out.stderr
+
+
+def test_prometheus_metrics_count_answers_and_refusals(minilm):
+    import urllib.request
+
+    from procs import free_port
+
+    port = free_port()
+    with ServiceProcess(["server", "--split", str(SPLIT), "--listen", "127.0.0.1:0", "--metrics-listen",
+                         f"127.0.0.1:{port}"], "metrics-server") as server:
+        with InferenceClient(server.address) as client:
+            for i in range(3):
+                client.infer(_request(minilm, request_id=f"ok-{i}"))
+            client.infer(_request(minilm, request_id="ok-0"))  # a retry: answered from the cache
+            with pytest.raises(InferenceError):
+                client.infer(_request(minilm, request_id="bad", split_point=SPLIT + 1))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'coinfer_server_requests_total{code="OK"} 3.0' in text
+    assert 'coinfer_server_requests_total{code="FAILED_PRECONDITION"} 1.0' in text
+    assert "coinfer_server_reply_cache_hits_total 1.0" in text
+    assert "coinfer_server_latency_seconds_count 3.0" in text
