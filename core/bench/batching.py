@@ -17,7 +17,8 @@ TARGET_SPEEDUP_AT_8 = 2.0
 
 
 def run(model: str = "minilm", split: int = 3, devices=(1, 2, 4, 8), seconds: float = 5.0,
-        max_batch_size: int = 8, out_dir: Path | None = None, progress=None) -> dict:
+        max_batch_size: int = 8, max_queue_delay_ms: float = 5.0, out_dir: Path | None = None,
+        progress=None) -> dict:
     from coinfer.codecs import encode
     from coinfer.demo import SENTENCES
     from coinfer.device.client import InferenceClient
@@ -36,8 +37,10 @@ def run(model: str = "minilm", split: int = 3, devices=(1, 2, 4, 8), seconds: fl
     rows = []
     for batching in (False, True):
         size = max_batch_size if batching else 1
+        delay = max_queue_delay_ms if batching else 0.0
         with ServiceProcess(["server", "--model", model, "--split", str(split), "--listen", "127.0.0.1:0",
-                             "--max-batch-size", str(size)], "server", stderr=open(os.devnull, "w")) as server:
+                             "--max-batch-size", str(size), "--max-queue-delay-ms", str(delay)], "server",
+                            stderr=open(os.devnull, "w")) as server:
             for n in devices:
                 counts, batch_sizes, failures = [0] * n, [], []
                 stop_at = time.perf_counter() + seconds
@@ -72,7 +75,7 @@ def run(model: str = "minilm", split: int = 3, devices=(1, 2, 4, 8), seconds: fl
                 for thread in threads:
                     thread.join()
                 elapsed = time.perf_counter() - started
-                rows.append({"batching": batching, "max_batch_size": size, "devices": n,
+                rows.append({"batching": batching, "max_batch_size": size, "max_queue_delay_ms": delay, "devices": n,
                              "requests": sum(counts), "throughput_rps": sum(counts) / elapsed,
                              "mean_batch_size": sum(batch_sizes) / max(1, len(batch_sizes)),
                              "failures": len(failures)})

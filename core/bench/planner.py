@@ -16,19 +16,6 @@ import statistics
 import time
 import warnings
 
-# The spec's example scenario (system-model.md section 7).
-SCENARIO = {
-    "segments": {"device": {"flops": 7.26e9, "params": 2.83e7, "weight_scale": 0.02},
-                 "server": {"flops": 1.45e10, "params": 5.66e7, "weight_scale": 0.02}},
-    "embedding_bits": 1572864, "weight_bits": 16,
-    "device": {"max_freq_hz": 2.0e9, "flops_per_cycle": 8, "pue": 1.0, "power_coeff": 1.0e-28,
-               "max_tx_power_w": 0.2},
-    "server": {"max_freq_hz": 1.5e9, "flops_per_cycle": 1024, "pue": 1.5, "power_coeff": 5.0e-27},
-    "channel": {"bandwidth_hz": 1.0e7, "noise_psd_w_per_hz": 3.98e-21, "gain": 1.0e-9},
-    "qos": {"max_delay_s": 0.35, "max_energy_j": 0.5},
-    "distortion": {"model": "magnitude", "min_ratio": 0.05},
-    "scheme": "joint",
-}
 TARGETS = {"resolve_median_s": 0.005, "sweep_13_median_s": 0.100}
 
 
@@ -39,7 +26,7 @@ def run(repeat: int = 200, sweeps: int = 20, out_dir=None, progress=None) -> dic
     from transformers import BertConfig
 
     from coinfer.planner import convex
-    from coinfer.planner.defaults import DEFAULT_SYSTEM
+    from coinfer.planner.defaults import DEFAULT_SYSTEM, SPEC_EXAMPLE_SCENARIO as SCENARIO
     from coinfer.planner.profile import profile_from_config
     from coinfer.planner.scenario import parse_scenario, parse_system
     from coinfer.planner.sweep import plan_splits, solve
