@@ -19,6 +19,9 @@ from coinfer.protos import coinfer_pb2_grpc as pb_grpc
 from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, EPOCH_METADATA, client_options
 
 _CLOSE = object()
+# Targets that may resolve to several addresses (server replicas behind one name): gRPC's default
+# pick_first would send everything to the first; round_robin connects to all and rotates calls.
+ROUND_ROBIN_PREFIXES = ("dns:", "ipv4:", "ipv6:")
 
 
 
@@ -124,7 +127,10 @@ class InferenceClient:
         self._connect()
 
     def _connect(self) -> None:
-        self.channel = security.channel(self.address, client_options(self.max_message_bytes))
+        options = client_options(self.max_message_bytes)
+        if self.address.startswith(ROUND_ROBIN_PREFIXES):
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        self.channel = security.channel(self.address, options)
         self.stub = pb_grpc.CoInferenceStub(self.channel)
 
     def reset(self) -> None:
