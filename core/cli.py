@@ -35,14 +35,16 @@ ENV_PREFIX = "COINFER_"
 SECURE_COMMANDS = ("server", "device", "planner", "channel", "group")
 
 
-def apply_environment(parser: argparse.ArgumentParser, environ=os.environ) -> None:
+def apply_environment(parser: argparse.ArgumentParser, command: str | None, environ=os.environ) -> None:
     """Let COINFER_<OPTION> set any option's default (e.g. COINFER_MODEL, COINFER_LISTEN,
     COINFER_MAX_BATCH_SIZE), the way containers are configured; a command-line flag still wins.
-    The value is checked by the option's own type, and a bad one is a usage error naming the variable."""
+    Only the command being run reads the environment (COINFER_SPLIT=auto is right for `planner`,
+    wrong for `server`), and a variable satisfies a required option. The value is checked by the
+    option's own type, and a bad one is a usage error naming the variable."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                apply_environment(sub, environ)
+            if command in action.choices:
+                apply_environment(action.choices[command], None, environ)
             continue
         if not action.option_strings or action.dest in ("help", "version"):
             continue
@@ -62,9 +64,23 @@ def apply_environment(parser: argparse.ArgumentParser, environ=os.environ) -> No
             if action.choices is not None and value not in action.choices:
                 parser.error(f"{name}={raw!r}: choose from {', '.join(map(str, action.choices))}")
         action.default = value
+        action.required = False
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: list[str], commands) -> str | None:
+    """The subcommand named in argv (top-level options come before it)."""
+    skip_next = False
+    for token in argv:
+        if skip_next:
+            skip_next = False
+        elif token == "--log-level":
+            skip_next = True
+        elif not token.startswith("-"):
+            return token if token in commands else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coinfer",
         description="Split inference of BERT/BART between an edge device and an edge server over gRPC.",
@@ -81,12 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, sub in subparsers.choices.items():
         if name in SECURE_COMMANDS:
             add_security_arguments(sub)
-    apply_environment(parser)
+    apply_environment(parser, _command_in(sys.argv[1:] if argv is None else argv, subparsers.choices))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     security.configure(security.from_args(args))
     logging.basicConfig(level=args.log_level, stream=sys.stderr,

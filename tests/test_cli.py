@@ -70,3 +70,12 @@ def test_options_come_from_the_environment_and_flags_win():
     assert out.returncode == 2 and "split point 8" in out.stderr  # the flag won
     out = coinfer("server", env={**os.environ, "COINFER_MAX_BATCH_SIZE": "many"})
     assert out.returncode == 2 and "COINFER_MAX_BATCH_SIZE" in out.stderr
+
+
+def test_the_environment_only_reaches_the_command_being_run():
+    import os
+
+    env = {**os.environ, "COINFER_SPLIT": "auto"}  # right for `planner`, not an integer for `server`
+    assert coinfer("plan", "--help", env=env).returncode == 0
+    out = coinfer("server", "--listen", "127.0.0.1:0", env=env)
+    assert out.returncode == 2 and "COINFER_SPLIT" in out.stderr
