@@ -18,7 +18,7 @@ def test_quick_bench_writes_every_section(tmp_path):
         assert "error" not in section, section.get("traceback")
     for name in ("split", "codecs", "pruning", "batching", "channel", "memory"):
         assert (tmp_path / report["sections"][name]["plot"]).stat().st_size > 1000
-    assert len(report["summary"]) == 9 and all(row["value"] != "n/a" for row in report["summary"])
+    assert len(report["summary"]) == 10 and all(row["value"] != "n/a" for row in report["summary"])
     split = report["sections"]["split"]["results"][0]
     assert split["max_abs_diff"] <= 1e-5 and split["ratio"] > 0
     assert "| measure | value | target | met |" in (tmp_path / "summary.md").read_text()
