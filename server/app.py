@@ -12,11 +12,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coinfer import security
 from coinfer.protos import coinfer_pb2 as pb
-from coinfer.protos import coinfer_pb2_grpc as pb_grpc
 from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, server_options
 from coinfer.server.batcher import DynamicBatcher
 from coinfer.server.half import ServerHalf
-from coinfer.server.service import CoInferenceService
+from coinfer.server.service import CoInferenceService, add_to_server
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CoInference"].full_name
@@ -28,11 +27,15 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     batcher: DynamicBatcher
+    service: CoInferenceService | None = None
 
     def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, refuse new calls, let in-flight ones finish within `grace_s`."""
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace_s).wait()
+        stopped = self.server.stop(grace_s)
+        if self.service is not None:
+            self.service.drain()  # open streams end once answered, instead of holding on until grace_s
+        stopped.wait()
         self.batcher.stop()
 
 
@@ -45,7 +48,7 @@ def start_server(half: ServerHalf, listen: str, max_message_bytes: int = DEFAULT
                          options=server_options(max_message_bytes), interceptors=security.current().interceptors())
     batcher = DynamicBatcher(half, max_batch_size, max_queue_delay_s)
     service = CoInferenceService(half, batcher, max_message_bytes, telemetry=telemetry, metrics=metrics)
-    pb_grpc.add_CoInferenceServicer_to_server(service, server)
+    add_to_server(service, server)  # requests parsed by the service: bytes that are no request get INVALID_ARGUMENT
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = security.current().bind(server, listen)
@@ -55,7 +58,7 @@ def start_server(half: ServerHalf, listen: str, max_message_bytes: int = DEFAULT
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, batcher)
+    return RunningServer(server, port, health_servicer, batcher, service)
 
 
 def wait_for_termination_signal() -> None:

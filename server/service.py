@@ -14,6 +14,7 @@ from concurrent.futures import Future
 
 import grpc
 import torch
+from google.protobuf.message import DecodeError
 
 from coinfer.codecs import WireError, decode, encode
 from coinfer.protos import coinfer_pb2 as pb
@@ -30,6 +31,7 @@ MAX_BATCH = 256
 MAX_NEW_TOKENS = 1024
 MAX_BEAMS = 16
 _END_OF_REQUESTS = object()
+_DRAIN = object()
 
 
 class RequestError(Exception):
@@ -41,6 +43,49 @@ class RequestError(Exception):
 
 def _invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _failed(exc: RequestError) -> Future:
+    future: Future = Future()
+    future.set_exception(exc)
+    return future
+
+
+class UnparsedRequest:
+    """Bytes that are not an InferRequest. The service refuses them itself, with INVALID_ARGUMENT:
+    gRPC's own deserialiser answers INTERNAL and, on a stream, ends the stream and every request in
+    flight on it."""
+
+    request_id = ""
+    plan_epoch = 0
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def parse_request(data: bytes):
+    try:
+        return pb.InferRequest.FromString(data)
+    except DecodeError as exc:
+        return UnparsedRequest(str(exc))
+
+
+def add_to_server(service: "CoInferenceService", server: grpc.Server) -> None:
+    """pb_grpc.add_CoInferenceServicer_to_server, with requests parsed by `parse_request`."""
+    name = pb.DESCRIPTOR.services_by_name["CoInference"].full_name
+    handlers = {
+        "Infer": grpc.unary_unary_rpc_method_handler(
+            service.Infer, request_deserializer=parse_request,
+            response_serializer=pb.InferReply.SerializeToString),
+        "InferStream": grpc.stream_stream_rpc_method_handler(
+            service.InferStream, request_deserializer=parse_request,
+            response_serializer=pb.InferReply.SerializeToString),
+        "Info": grpc.unary_unary_rpc_method_handler(
+            service.Info, request_deserializer=pb.InfoRequest.FromString,
+            response_serializer=pb.ServerInfo.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 class CoInferenceService(pb_grpc.CoInferenceServicer):
@@ -57,6 +102,19 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         self.replies = ReplyCache()
         self.computed = 0  # requests this server computed (a cached answer is not counted again)
         self._count_lock = threading.Lock()
+        self._draining = threading.Event()
+        self._streams: set[queue.Queue] = set()  # each open stream's event queue
+        self._streams_lock = threading.Lock()
+
+    def drain(self) -> None:
+        """Shutting down: refuse new requests as UNAVAILABLE (transient) and end each stream once nothing
+        is in flight on it. A device holds its stream open for good, so otherwise the server would wait
+        out its whole grace period; the device sees the stream end and opens another (elsewhere, or
+        here once the server is back)."""
+        self._draining.set()
+        with self._streams_lock:
+            for events in self._streams:
+                events.put((_DRAIN, None))
 
     # --- validation --------------------------------------------------------------------------
     def _inputs(self, request: pb.InferRequest, state) -> tuple[torch.Tensor, torch.Tensor, GenerationOptions]:
@@ -86,11 +144,8 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
 
         max_positions = int(getattr(src.config, "max_position_embeddings", 512))
         limit = self.max_batch * max_positions * max(src.hidden_size, 1)
-        try:
-            x = decode(getattr(request, payload), payload, max_elements=limit)
-            mask = decode(request.attention_mask, "attention_mask", max_elements=self.max_batch * max_positions)
-        except WireError as exc:
-            raise _invalid(str(exc)) from None
+        x = self._decode(getattr(request, payload), payload, limit)
+        mask = self._decode(request.attention_mask, "attention_mask", self.max_batch * max_positions)
 
         if payload == "hidden_states":
             if x.dim() != 3 or x.shape[-1] != src.hidden_size:
@@ -135,6 +190,20 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         generation = GenerationOptions(options.max_new_tokens, options.num_beams, options.min_new_tokens)
         return x, mask, generation
 
+    @staticmethod
+    def _decode(tensor: pb.Tensor, field: str, max_elements: int) -> torch.Tensor:
+        try:
+            value = decode(tensor, field, max_elements=max_elements)
+        except WireError as exc:
+            raise _invalid(str(exc)) from None
+        except (RuntimeError, ValueError, OverflowError) as exc:
+            # what decode's own checks let through (e.g. zero elements with dimensions torch cannot
+            # stride) is still this field's fault, not the server's
+            raise _invalid(f"{field}: cannot be decoded ({exc})") from None
+        if value.numel() == 0:  # nothing to compute; and torch cannot even stride some empty shapes
+            raise _invalid(f"{field}.shape: {list(tensor.shape)} has no elements")
+        return value
+
     # --- serving -----------------------------------------------------------------------------
     def _submit(self, request: pb.InferRequest) -> tuple[Future, float]:
         """Validate and queue one request under the current plan; (future of its BatchResult, seconds
@@ -165,15 +234,21 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
             self.metrics.epoch.set(self.half.plan.epoch)
         return reply
 
-    def _error_reply(self, request: pb.InferRequest, exc: RequestError) -> pb.InferReply:
+    def _error_reply(self, request_id: str, exc: RequestError) -> pb.InferReply:
         if self.metrics is not None:
             self.metrics.refused(exc.code.name)
-        return pb.InferReply(request_id=request.request_id, plan_epoch=self.half.plan.epoch,
+        return pb.InferReply(request_id=request_id, plan_epoch=self.half.plan.epoch,
                              error=pb.Error(code=exc.code.value[0], message=exc.message))
 
     def _start(self, request: pb.InferRequest) -> Future:
         """A future of the request's reply (it raises RequestError on failure). A retry of a request
         already answered, or still being computed, gets that same reply: nothing is computed twice."""
+        if isinstance(request, UnparsedRequest):
+            return _failed(_invalid(f"request: not an InferRequest ({request.error})"))
+        if self._draining.is_set():
+            # a request on a stream being drained: transient, so the device re-sends it (on a new
+            # stream, to the server that takes over) instead of keeping this one busy till the end
+            return _failed(RequestError(grpc.StatusCode.UNAVAILABLE, "request: the server is shutting down; re-send it"))
         key = (request.request_id, request.plan_epoch)
         reply, owner = self.replies.claim(key)
         if not owner:
@@ -186,6 +261,11 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
             self.replies.release(key)  # a refused request is not an answer to remember
             reply.set_exception(exc)
             return reply
+        except Exception as exc:  # a bug; the future must still end, or a stream waits for it forever
+            log.exception("request %s: accepting it failed", request.request_id[:40])
+            self.replies.release(key)
+            reply.set_exception(RequestError(grpc.StatusCode.INTERNAL, f"request: the server failed: {exc!r}"))
+            return reply
 
         def finish(done: Future) -> None:
             try:
@@ -195,6 +275,10 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
             except RequestError as exc:
                 self.replies.release(key)
                 reply.set_exception(exc)
+            except Exception as exc:  # as above: never leave the reply unresolved
+                log.exception("request %s: answering it failed", request.request_id[:40])
+                self.replies.release(key)
+                reply.set_exception(RequestError(grpc.StatusCode.INTERNAL, f"request: the server failed: {exc!r}"))
 
         batch_future.add_done_callback(finish)
         return reply
@@ -214,6 +298,7 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         they complete, matched by request_id. At most `max_in_flight_per_stream` wait at once."""
         events: queue.Queue = queue.Queue()
         slots = threading.BoundedSemaphore(self.max_in_flight_per_stream)
+        read = [0]  # requests taken off the stream so far
 
         def read_requests() -> None:
             submitted = 0
@@ -221,25 +306,38 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
                 for request in request_iterator:
                     slots.acquire()  # back-pressure: stop reading while the stream has too much in flight
                     submitted += 1
-                    self._start(request).add_done_callback(lambda f, r=request: events.put((r, f)))
+                    read[0] = submitted
+                    # the id only: the reply's future lives on in the reply cache, and this callback with it
+                    # (holding the request kept every request's tensors for the cache's lifetime)
+                    self._start(request).add_done_callback(lambda f, rid=request.request_id: events.put((rid, f)))
             except grpc.RpcError:
                 pass  # the client went away; what is in flight finishes and is dropped
             finally:
                 events.put((_END_OF_REQUESTS, submitted))
 
+        with self._streams_lock:
+            self._streams.add(events)
         threading.Thread(target=read_requests, name="coinfer-stream-requests", daemon=True).start()
         answered, total = 0, None
-        while total is None or answered < total:
-            request, outcome = events.get()
-            if request is _END_OF_REQUESTS:
-                total = outcome
-                continue
-            answered += 1
-            slots.release()
-            try:
-                yield outcome.result()
-            except RequestError as exc:
-                yield self._error_reply(request, exc)
+        try:
+            while total is None or answered < total:
+                if self._draining.is_set() and answered == read[0]:
+                    return  # shutting down, nothing in flight: end the stream (see drain)
+                request_id, outcome = events.get()
+                if request_id is _DRAIN:
+                    continue
+                if request_id is _END_OF_REQUESTS:
+                    total = outcome
+                    continue
+                answered += 1
+                slots.release()
+                try:
+                    yield outcome.result()
+                except RequestError as exc:
+                    yield self._error_reply(request_id, exc)
+        finally:
+            with self._streams_lock:
+                self._streams.discard(events)
 
     def Info(self, request, context):
         plan, src = self.half.plan, self.half.src
