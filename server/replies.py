@@ -3,7 +3,9 @@
 Keyed by (request_id, plan_epoch): a request re-sent under a new plan is a new computation, a retry
 of the same one (after a reset stream or a lost reply) is not. A request still being computed is
 joined rather than started again. Entries live `ttl_s` seconds and at most `max_entries` are kept:
-long enough for a device's retries, short enough to bound memory.
+long enough for a device's retries, short enough to bound memory. An answered entry keeps the reply
+itself, not its future: a future (its lock, condition and callbacks) costs more than the reply, and
+the cache holds every reply of the last `ttl_s` (scripts/load_test: ~10 % of the server's memory).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ class ReplyCache:
     def __init__(self, ttl_s: float = 60.0, max_entries: int = 10_000):
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, int], tuple[float, Future]] = OrderedDict()
+        # (expiry, the future while it is computed, then its result)
+        self._entries: OrderedDict[tuple[str, int], tuple[float, object]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
 
@@ -29,12 +32,26 @@ class ReplyCache:
             entry = self._entries.get(key)
             if entry is not None:
                 self.hits += 1
-                return entry[1], False
+                if isinstance(entry[1], Future):
+                    return entry[1], False
+                answered: Future = Future()
+                answered.set_result(entry[1])
+                return answered, False
             future: Future = Future()
             self._entries[key] = (now + self.ttl_s, future)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-            return future, True
+        future.add_done_callback(lambda done: self._settle(key, done))  # outside the lock: it takes it
+        return future, True
+
+    def _settle(self, key: tuple[str, int], future: Future) -> None:
+        """Keep the reply of an answered request in place of its future (a failure is released)."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] is future:
+                self._entries[key] = (entry[0], future.result())
 
     def release(self, key: tuple[str, int]) -> None:
         """Forget a request that failed: a retry must be computed afresh."""
@@ -43,8 +60,8 @@ class ReplyCache:
 
     def _expire(self, now: float) -> None:
         while self._entries:
-            key, (expires, future) = next(iter(self._entries.items()))
-            if expires > now or not future.done():
+            key, (expires, value) = next(iter(self._entries.items()))
+            if expires > now or (isinstance(value, Future) and not value.done()):
                 break
             self._entries.popitem(last=False)
 
