@@ -7,7 +7,7 @@ each plan as it arrives. Phases:
 
 1. calibration: the planner starts from the system file's guesses and re-plans as it measures this
    machine (FLOPs per cycle, channel, overhead); requests in this phase are not counted;
-2. steady state under the delay limit (0.33 s: the uplink of a 4 x 32-token request takes 0.12 s at
+2. steady state under the delay limit (0.36 s: the uplink of a 4 x 32-token request takes 0.12 s at
    full power, so the limit leaves room to save energy);
 3. with `--scenario step-fade`: the channel gain drops by 10 dB mid-run; the planner sees the uplink
    slow down in the device's telemetry and pushes a new plan (more power, more pruning).
@@ -38,7 +38,7 @@ LOOPBACK_SYSTEM = {
                "max_tx_power_w": 0.2},
     "server": {"max_freq_hz": 2.0e9, "flops_per_cycle": 8, "pue": 1.5, "power_coeff": 1.0e-28},
     "channel": {"bandwidth_hz": 2.0e6, "noise_psd_w_per_hz": 3.98e-21, "gain": 10 ** (-11.4)},
-    "qos": {"max_delay_s": 0.33, "max_energy_j": 10.0},
+    "qos": {"max_delay_s": 0.36, "max_energy_j": 10.0},
     "distortion": {"model": "magnitude", "min_ratio": 0.05},
     "scheme": "joint",
 }

@@ -22,6 +22,8 @@ import statistics
 import threading
 import time
 import uuid
+
+import numpy as np
 from collections import deque
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -63,9 +65,52 @@ class Estimates:
     overhead_s: float | None = None
     device_samples: int = 0
     server_samples: int = 0
+    device_fixed_s: float | None = None  # per-forward time that does not shrink with rho
+    server_fixed_s: float | None = None
 
     def to_proto(self) -> ppb.Estimates:
         return ppb.Estimates(**{k: (v or 0) for k, v in self.__dict__.items()})
+
+
+class _ComputeModel:
+    """One side's compute time as t = t0 + x / C, with x = rho W / f.
+
+    The paper's model is the proportional part alone; on real hardware a forward also has a fixed
+    part (interpreter, kernel launches, what pruning does not shrink), and fitting C to the total
+    makes C fall whenever rho falls, which sends the planner after its own tail. Recursive least
+    squares with forgetting; the prior keeps t0 near 0 until rho has varied, so at one operating
+    point C explains the time."""
+
+    def __init__(self, flops_per_cycle: float, drift: float, count: int, forgetting: float = 0.9,
+                 fixed_sd_s: float = 0.05, noise: float = 0.05):
+        self.theta = np.array([0.0, 1.0 / flops_per_cycle])
+        # a vague prior on the slope (the first sample sets it), a narrower one on the fixed part
+        self.cov = np.diag([fixed_sd_s ** 2, (10.0 / flops_per_cycle) ** 2])
+        self.noise = noise  # relative spread of one measured time (a Kalman update, not plain RLS)
+        self.forgetting = forgetting
+        self.hysteresis = Hysteresis(drift, count)
+        self.count = 0
+
+    def predict(self, x: float, fixed_s: float | None, flops_per_cycle: float) -> float:
+        return (fixed_s or 0.0) + x / flops_per_cycle
+
+    def observe(self, x: float, seconds: float) -> None:
+        phi = np.array([1.0, x])
+        cov_phi = self.cov @ phi
+        gain = cov_phi / ((self.noise * seconds) ** 2 + phi @ cov_phi)
+        self.theta = self.theta + gain * (seconds - phi @ self.theta)
+        self.cov = (self.cov - np.outer(gain, cov_phi)) / self.forgetting
+        self.theta[0] = max(self.theta[0], 0.0)
+        self.theta[1] = max(self.theta[1], 1e-12)
+        self.count += 1
+
+    @property
+    def flops_per_cycle(self) -> float | None:
+        return 1.0 / self.theta[1] if self.count else None
+
+    @property
+    def fixed_s(self) -> float | None:
+        return float(self.theta[0]) if self.count else None
 
 
 class _Tracked:
@@ -119,8 +164,8 @@ class Controller:
         s = settings
         self.gain = _Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
         self.rate = _Tracked(s.alpha, s.drift, s.hysteresis)  # measured / planned uplink rate
-        self.c_device = _Tracked(s.alpha, s.drift, s.hysteresis)
-        self.c_server = _Tracked(s.alpha, s.drift, s.hysteresis)
+        self.c_device = _ComputeModel(system.device.flops_per_cycle, s.drift, s.hysteresis)
+        self.c_server = _ComputeModel(system.server.flops_per_cycle, s.drift, s.hysteresis)
         self.k_device = _Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
         self.k_server = _Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
         self.overhead = Ewma(s.alpha)
@@ -137,8 +182,9 @@ class Controller:
 
     # --- estimates ---------------------------------------------------------------------------
     def estimates(self) -> Estimates:
-        return Estimates(self.gain.value, self.c_device.value, self.c_server.value, self.k_device.value,
-                         self.k_server.value, self.overhead.value, self.counts["device"], self.counts["server"])
+        return Estimates(self.gain.value, self.c_device.flops_per_cycle, self.c_server.flops_per_cycle,
+                         self.k_device.value, self.k_server.value, self.overhead.value, self.counts["device"],
+                         self.counts["server"], self.c_device.fixed_s, self.c_server.fixed_s)
 
     def effective_system(self) -> System:
         """The system file with every quantity that has been measured replaced by its estimate."""
@@ -148,7 +194,8 @@ class Controller:
         server = replace(sys_.server, flops_per_cycle=e.server_flops_per_cycle or sys_.server.flops_per_cycle,
                          power_coeff=e.server_power_coeff or sys_.server.power_coeff)
         channel = replace(sys_.channel, gain=e.channel_gain or sys_.channel.gain)
-        budget = self.qos.max_delay_s * (1 - self.settings.delay_margin) - (e.overhead_s or 0.0)
+        fixed = (e.overhead_s or 0.0) + (e.device_fixed_s or 0.0) + (e.server_fixed_s or 0.0)
+        budget = self.qos.max_delay_s * (1 - self.settings.delay_margin) - fixed
         qos = replace(self.qos, max_delay_s=max(budget, 1e-3))
         return replace(sys_, device=device, server=server, channel=channel, qos=qos)
 
@@ -163,14 +210,16 @@ class Controller:
             profile = self._profile_at(max(1, sample.batch), max(1, sample.seq_len))
             device_seg, _ = profile.segments(plan.split_point)
             if device_seg.flops > 0 and sample.compute_s > 0 and sample.freq_hz > 0:
-                self.c_device.observe(plan.rho_device * device_seg.flops / (sample.compute_s * sample.freq_hz))
-                if self.c_device.hysteresis.update(self.planned_with.device_flops_per_cycle
-                                                   or self.system.device.flops_per_cycle, self.c_device.recent[-1]):
-                    self.c_device.jump_to_recent()
+                x = plan.rho_device * device_seg.flops / sample.freq_hz
+                self.c_device.observe(x, sample.compute_s)
+                planned = self.c_device.predict(x, self.planned_with.device_fixed_s,
+                                                self.planned_with.device_flops_per_cycle
+                                                or self.system.device.flops_per_cycle)
+                if self.c_device.hysteresis.update(planned, sample.compute_s):
                     reasons.append("compute_drift")
-            if sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and self.c_device.value:
+            if sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and self.c_device.flops_per_cycle:
                 raw = sample.energy_j / (self.system.device.pue * plan.rho_device * device_seg.flops
-                                         / self.c_device.value * sample.freq_hz ** 2)
+                                         / self.c_device.flops_per_cycle * sample.freq_hz ** 2)
                 self.k_device.observe(raw)
                 if self.k_device.hysteresis.update(self.planned_with.device_power_coeff
                                                    or self.system.device.power_coeff, raw):
@@ -208,15 +257,17 @@ class Controller:
             rows = max(1, sample.batch_rows or sample.batch)
             _, server_seg = self._profile_at(rows, max(1, sample.seq_len)).segments(plan.split_point)
             if server_seg.flops > 0 and sample.compute_s > 0 and sample.freq_hz > 0:
-                self.c_server.observe(plan.rho_server * server_seg.flops / (sample.compute_s * sample.freq_hz))
-                if self.c_server.hysteresis.update(self.planned_with.server_flops_per_cycle
-                                                   or self.system.server.flops_per_cycle, self.c_server.recent[-1]):
-                    self.c_server.jump_to_recent()
+                x = plan.rho_server * server_seg.flops / sample.freq_hz
+                self.c_server.observe(x, sample.compute_s)
+                planned = self.c_server.predict(x, self.planned_with.server_fixed_s,
+                                                self.planned_with.server_flops_per_cycle
+                                                or self.system.server.flops_per_cycle)
+                if self.c_server.hysteresis.update(planned, sample.compute_s):
                     reasons.append("compute_drift")
-            if sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and self.c_server.value:
+            if sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and self.c_server.flops_per_cycle:
                 share = sample.batch / rows
                 raw = sample.energy_j / (self.system.server.pue * plan.rho_server * server_seg.flops * share
-                                         / self.c_server.value * sample.freq_hz ** 2)
+                                         / self.c_server.flops_per_cycle * sample.freq_hz ** 2)
                 self.k_server.observe(raw)
                 if self.k_server.hysteresis.update(self.planned_with.server_power_coeff
                                                    or self.system.server.power_coeff, raw):

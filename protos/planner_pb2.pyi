@@ -154,7 +154,7 @@ class QoS(_message.Message):
     def __init__(self, max_delay_s: _Optional[float] = ..., max_energy_j: _Optional[float] = ...) -> None: ...
 
 class Estimates(_message.Message):
-    __slots__ = ("channel_gain", "device_flops_per_cycle", "server_flops_per_cycle", "device_power_coeff", "server_power_coeff", "overhead_s", "device_samples", "server_samples")
+    __slots__ = ("channel_gain", "device_flops_per_cycle", "server_flops_per_cycle", "device_power_coeff", "server_power_coeff", "overhead_s", "device_samples", "server_samples", "device_fixed_s", "server_fixed_s")
     CHANNEL_GAIN_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FLOPS_PER_CYCLE_FIELD_NUMBER: _ClassVar[int]
     SERVER_FLOPS_PER_CYCLE_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,8 @@ class Estimates(_message.Message):
     OVERHEAD_S_FIELD_NUMBER: _ClassVar[int]
     DEVICE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SERVER_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIXED_S_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIXED_S_FIELD_NUMBER: _ClassVar[int]
     channel_gain: float
     device_flops_per_cycle: float
     server_flops_per_cycle: float
@@ -171,7 +173,9 @@ class Estimates(_message.Message):
     overhead_s: float
     device_samples: int
     server_samples: int
-    def __init__(self, channel_gain: _Optional[float] = ..., device_flops_per_cycle: _Optional[float] = ..., server_flops_per_cycle: _Optional[float] = ..., device_power_coeff: _Optional[float] = ..., server_power_coeff: _Optional[float] = ..., overhead_s: _Optional[float] = ..., device_samples: _Optional[int] = ..., server_samples: _Optional[int] = ...) -> None: ...
+    device_fixed_s: float
+    server_fixed_s: float
+    def __init__(self, channel_gain: _Optional[float] = ..., device_flops_per_cycle: _Optional[float] = ..., server_flops_per_cycle: _Optional[float] = ..., device_power_coeff: _Optional[float] = ..., server_power_coeff: _Optional[float] = ..., overhead_s: _Optional[float] = ..., device_samples: _Optional[int] = ..., server_samples: _Optional[int] = ..., device_fixed_s: _Optional[float] = ..., server_fixed_s: _Optional[float] = ...) -> None: ...
 
 class StateRequest(_message.Message):
     __slots__ = ()

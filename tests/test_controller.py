@@ -107,3 +107,17 @@ def test_a_restarted_planner_moves_past_the_nodes_epoch(minilm_config):
     assert len(plans) == 1
     controller.adopt_epoch(7, "another-planner")
     assert plans[-1].reason == "resync" and plans[-1].epoch == 8
+
+
+def test_a_fixed_cost_per_forward_is_told_apart_from_work_once_rho_varies():
+    """t = t0 + x / C: at one ratio the slope explains the time; a second ratio identifies t0, so
+    pruning harder is not mistaken for a slower processor."""
+    from coinfer.planner.controller import _ComputeModel
+
+    rng = random.Random(3)
+    model = _ComputeModel(8.0, 0.2, 3)
+    c_true, fixed_true = 20.0, 0.006
+    for x in [1.0] * 5 + [0.3] * 5 + [0.6] * 3:
+        model.observe(x, (fixed_true + x / c_true) * (1 + rng.uniform(-0.03, 0.03)))
+    assert model.flops_per_cycle == pytest.approx(c_true, rel=0.05)
+    assert model.fixed_s == pytest.approx(fixed_true, rel=0.2)
