@@ -11,3 +11,8 @@ __version__ = "0.1.0"
 # that keep spinning after one half's forward steal the cores the other half is computing on; a short
 # spin keeps the wake-up fast without that. Read by libgomp when torch loads, so it must be set first.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+# Every coinfer process, the whole-model references of the benchmarks included, allocates the same way.
+from coinfer.allocator import keep_freed_memory  # noqa: E402
+
+MALLOC_TUNED = keep_freed_memory()
