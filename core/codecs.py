@@ -74,6 +74,20 @@ def _raw_bytes(tensor: torch.Tensor) -> bytes:
 
 def encode(tensor: torch.Tensor, codec: str = "fp32") -> pb.Tensor:
     """`tensor` as a wire message. Non-float tensors (token ids, masks) are always sent RAW."""
+    return pb.Tensor(**_fields(tensor, codec))
+
+
+def encode_into(target: pb.Tensor, tensor: torch.Tensor, codec: str = "fp32") -> None:
+    """`encode` straight into a request's Tensor field: `Request(field=encode(...))` would copy the
+    bytes once more (about 0.3 ms for MiniLM's 1.5 MB of hidden states)."""
+    fields = _fields(tensor, codec)
+    target.Clear()
+    target.shape.extend(fields.pop("shape"))
+    for name, value in fields.items():
+        setattr(target, name, value)
+
+
+def _fields(tensor: torch.Tensor, codec: str) -> dict:
     if tensor.dtype not in _TORCH_TO_ENUM:
         raise TypeError(f"cannot send dtype {tensor.dtype}")
     logical = _TORCH_TO_ENUM[tensor.dtype]
@@ -82,26 +96,23 @@ def encode(tensor: torch.Tensor, codec: str = "fp32") -> pb.Tensor:
         raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
     # fp32 means no lossy codec: the values as they are. An empty tensor has nothing to compress.
     if not tensor.is_floating_point() or codec == "fp32" or tensor.numel() == 0:
-        return pb.Tensor(dtype=logical, shape=shape, data=_raw_bytes(tensor), codec=pb.RAW,
-                         logical_dtype=logical)
+        return dict(dtype=logical, shape=shape, data=_raw_bytes(tensor), codec=pb.RAW, logical_dtype=logical)
     if codec == "fp16":
-        return pb.Tensor(dtype=pb.FLOAT16, shape=shape, data=_raw_bytes(tensor.half()), codec=pb.FP16,
-                         logical_dtype=logical)
+        return dict(dtype=pb.FLOAT16, shape=shape, data=_raw_bytes(tensor.half()), codec=pb.FP16,
+                    logical_dtype=logical)
     if codec == "bf16":
-        return pb.Tensor(dtype=pb.BFLOAT16, shape=shape, data=_raw_bytes(tensor.bfloat16()), codec=pb.BF16,
-                         logical_dtype=logical)
+        return dict(dtype=pb.BFLOAT16, shape=shape, data=_raw_bytes(tensor.bfloat16()), codec=pb.BF16,
+                    logical_dtype=logical)
     if codec == "int8":
         values = tensor.float()
         channels = values.reshape(-1, shape[-1]).abs().amax(0).clamp(min=1e-6).sqrt().half()
         smoothed = values / channels.float()  # the receiver multiplies by the same float16 factors
         scales = smoothed.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0
         quantised = torch.round(smoothed / scales).clamp_(-127, 127).to(torch.int8)
-        return pb.Tensor(dtype=pb.INT8, shape=shape, data=_raw_bytes(quantised), codec=pb.INT8_PER_TOKEN,
-                         logical_dtype=logical, scales=_raw_bytes(scales.reshape(-1)),
-                         channel_scales=_raw_bytes(channels))
-    if codec == "int4":
-        return _encode_int4(tensor, logical, shape)
-    raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+        return dict(dtype=pb.INT8, shape=shape, data=_raw_bytes(quantised), codec=pb.INT8_PER_TOKEN,
+                    logical_dtype=logical, scales=_raw_bytes(scales.reshape(-1)),
+                    channel_scales=_raw_bytes(channels))
+    return _int4_fields(tensor, logical, shape)
 
 
 def _int4_groups(shape: list[int], group_size: int) -> tuple[int, int]:
@@ -111,15 +122,15 @@ def _int4_groups(shape: list[int], group_size: int) -> tuple[int, int]:
     return rows, -(-row // group_size) if row else 0
 
 
-def _encode_int4(tensor: torch.Tensor, logical: int, shape: list[int]) -> pb.Tensor:
+def _int4_fields(tensor: torch.Tensor, logical: int, shape: list[int]) -> dict:
     rows, groups = _int4_groups(shape, INT4_GROUP_SIZE)
     values = tensor.float().reshape(rows, shape[-1])
     padded = torch.nn.functional.pad(values, (0, groups * INT4_GROUP_SIZE - shape[-1])).reshape(rows, groups, INT4_GROUP_SIZE)
     scales = (padded.abs().amax(-1, keepdim=True) / 7.0).clamp(min=1e-8).half()
     codes = (torch.round(padded / scales.float()).clamp_(-7, 7) + 8).to(torch.uint8).reshape(-1)
     packed = codes[0::2] | (codes[1::2] << 4)  # even elements in the low nibble
-    return pb.Tensor(dtype=pb.UINT8, shape=shape, data=_raw_bytes(packed), codec=pb.INT4_GROUP,
-                     logical_dtype=logical, scales=_raw_bytes(scales.reshape(-1)), group_size=INT4_GROUP_SIZE)
+    return dict(dtype=pb.UINT8, shape=shape, data=_raw_bytes(packed), codec=pb.INT4_GROUP, logical_dtype=logical,
+                scales=_raw_bytes(scales.reshape(-1)), group_size=INT4_GROUP_SIZE)
 
 
 def _decode_int4(msg: pb.Tensor, shape: list[int], target: torch.dtype, field: str) -> torch.Tensor:

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from coinfer.codecs import CODECS, decode, encode
+from coinfer.codecs import CODECS, decode, encode, encode_into
 from coinfer.device.client import InferenceClient, InferenceError
 from coinfer.energy import PowerModel, make_meter
 from coinfer.errors import UsageError
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
+from coinfer.openmp import release_thread_pool
 from coinfer.planner.defaults import DEFAULT_SYSTEM
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.pruning import Pruner, check_method, check_ratio
@@ -188,6 +189,7 @@ class DeviceRuntime:
                     fresh = DeviceState(plan, current.part, current.pruner)
                 self.state = fresh
                 self.freq.set_cap(cap)
+        release_thread_pool()  # plans arrive on the watcher's thread; the forwards run on the caller's
         with self._plan_changed:
             self._plan_changed.notify_all()
         return plan
@@ -237,13 +239,16 @@ class DeviceRuntime:
 
     def _request(self, request_id: str, state: DeviceState, hidden, mask) -> pb.InferRequest:
         plan, g = state.plan, self.generation
-        payload = {"input_ids": encode(hidden)} if plan.split == 0 else {"hidden_states": encode(hidden, plan.codec)}
-        return pb.InferRequest(
+        request = pb.InferRequest(
             request_id=request_id, plan_epoch=plan.epoch, split_point=plan.split, model_id=self.src.name,
             attention_mask=encode(mask),
             generate=pb.GenerateOptions(max_new_tokens=g.max_new_tokens, num_beams=g.num_beams,
-                                        min_new_tokens=g.min_new_tokens),
-            **payload)
+                                        min_new_tokens=g.min_new_tokens))
+        if plan.split == 0:
+            encode_into(request.input_ids, hidden)
+        else:
+            encode_into(request.hidden_states, hidden, plan.codec)
+        return request
 
     def infer_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DeviceResult:
         request_id = uuid.uuid4().hex

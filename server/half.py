@@ -19,6 +19,7 @@ import torch
 from coinfer.energy import EnergyReading, PowerModel, make_meter
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
+from coinfer.openmp import release_thread_pool
 from coinfer.planner.defaults import DEFAULT_SYSTEM
 from coinfer.pruning import Pruner, check_method, check_ratio
 from coinfer.split import GenerationOptions, ServerPart, check_split
@@ -102,6 +103,7 @@ class ServerHalf:
         # One forward at a time: concurrent forwards on a few cores only thrash each other's caches.
         self._compute_lock = threading.Lock()
         self._apply_lock = threading.Lock()
+        release_thread_pool()  # the forwards run on the batcher's thread: one OpenMP pool per process
 
     @property
     def plan(self) -> ServerPlan:
@@ -143,6 +145,7 @@ class ServerHalf:
                     current.pruner.apply(rho, method)  # masks are cached per (method, rho)
                     self.state = HalfState(plan, current.part, current.pruner)
                     self.freq.set_cap(cap)
+            release_thread_pool()  # applied on the plan watcher's thread, which computes nothing else
             return plan
 
     def run(self, state: HalfState, x: torch.Tensor, attention_mask: torch.Tensor,

@@ -13,10 +13,12 @@ import time
 from concurrent.futures import Future
 
 import grpc
+import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
 from coinfer.codecs import WireError, decode, encode
+from coinfer.openmp import single_threaded_here
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.protos import coinfer_pb2_grpc as pb_grpc
 from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, EPOCH_METADATA
@@ -153,7 +155,7 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
             if not x.is_floating_point():
                 raise _invalid("hidden_states.dtype: must be a float type")
             x = x.float()
-            if not torch.isfinite(x).all():
+            if not np.isfinite(x.numpy()).all():  # numpy's check is ~15x faster than torch's on one thread
                 raise _invalid("hidden_states: contains NaN or Inf")
         else:
             if x.dim() != 2 or x.is_floating_point() or x.dtype == torch.bool:
@@ -209,6 +211,7 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         """Validate and queue one request under the current plan; (future of its BatchResult, seconds
         spent decoding)."""
         received = time.perf_counter()
+        single_threaded_here()  # decoding and checks start no OpenMP pool beside the batcher's
         state = self.half.state
         x, mask, generation = self._inputs(request, state)
         return self.batcher.submit(state, x, mask, generation), time.perf_counter() - received

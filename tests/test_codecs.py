@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from coinfer.codecs import WireError, decode, encode
+from coinfer.codecs import CODECS, WireError, decode, encode, encode_into
 from coinfer.protos import coinfer_pb2 as pb
 
 
@@ -141,3 +141,13 @@ def test_int4_group_size_is_checked():
 def test_unknown_codec_name_is_refused():
     with pytest.raises(ValueError, match="int4"):
         encode(torch.randn(2, 2), "zip")
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_encode_into_a_request_field_equals_encode(codec):
+    x = torch.randn(2, 5, 70)
+    request = pb.InferRequest(hidden_states=encode(torch.ones(1, 1, 3), "int8"))  # a stale value to replace
+    encode_into(request.hidden_states, x, codec)
+    assert request.hidden_states == encode(x, codec)
+    assert request.WhichOneof("payload") == "hidden_states"
+    assert torch.equal(decode(request.hidden_states), decode(encode(x, codec)))
