@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -63,8 +64,16 @@ def run_closed_loop(args) -> int:
 
     from coinfer import security
 
+    import torch
+
     src = resolve_model(args.model, seed=args.seed)
     split = args.split
+    # Here the device, the server, the channel emulator and the planner share this machine's cores, where
+    # a real deployment has two machines. So the device (this process) computes on one thread and the
+    # server's idle OpenMP workers spin only briefly (GOMP_SPINCOUNT below): otherwise a worker still
+    # spinning after one half's forward takes the time the others need, the overhead the planner measures
+    # beyond the modelled stages grew to ~0.1 s and its compute estimates swung (15-18 plans a run).
+    torch.set_num_threads(1)
     json_mode = args.json
     t0 = time.monotonic()
 
@@ -99,7 +108,8 @@ def run_closed_loop(args) -> int:
             "planner", stderr=quiet))
         server = stack.enter_context(ServiceProcess(
             ["server", "--model", args.model, "--split", str(split), "--listen", "127.0.0.1:0",
-             "--planner", planner.address, "--seed", str(args.seed)], "server", stderr=quiet))
+             "--planner", planner.address, "--seed", str(args.seed)], "server", stderr=quiet,
+            env={**os.environ, "GOMP_SPINCOUNT": "100"}))
         channel = stack.enter_context(ServiceProcess(
             ["channel", "--listen", "127.0.0.1:0", "--upstream", server.address, "--control", "127.0.0.1:0",
              "--bandwidth-hz", str(LOOPBACK_SYSTEM["channel"]["bandwidth_hz"]), "--tx-power-w", "0.2",

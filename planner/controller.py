@@ -65,7 +65,7 @@ class Estimates:
     overhead_s: float | None = None
     device_samples: int = 0
     server_samples: int = 0
-    device_fixed_s: float | None = None  # per-forward time that does not shrink with rho
+    device_fixed_s: float | None = None  # per-forward time that does not shrink with rho (at full clock)
     server_fixed_s: float | None = None
 
     def to_proto(self) -> ppb.Estimates:
@@ -73,36 +73,49 @@ class Estimates:
 
 
 class _ComputeModel:
-    """One side's compute time as t = t0 + x / C, with x = rho W / f.
+    """One side's compute time as t = t0 F / f + x / C, with x = rho W / f.
 
     The paper's model is the proportional part alone; on real hardware a forward also has a fixed
     part (interpreter, kernel launches, what pruning does not shrink), and fitting C to the total
-    makes C fall whenever rho falls, which sends the planner after its own tail. Recursive least
-    squares with forgetting; the prior keeps t0 near 0 until rho has varied, so at one operating
-    point C explains the time."""
+    makes C fall whenever rho falls, which sends the planner after its own tail. The fixed part is a
+    number of cycles too, so it stretches with the clock: t0 is its time at the maximum frequency F
+    (a model in fixed seconds, fitted at a low cap, over-predicts at a high one, and every plan that
+    moves the clock then looks like compute drift and begets another).
+
+    Fitted by non-negative least squares over the recent samples, in relative error, older samples
+    weighed down by `forgetting` per sample. A clock change alone cannot tell t0 from C (both terms
+    stretch alike), so a weak ridge pulls t0 towards 0: until rho has varied, C explains the time.
+    (A Kalman/RLS update with t0 and C clipped to be non-negative diverged on exactly those
+    collinear samples.)"""
 
     def __init__(self, flops_per_cycle: float, drift: float, count: int, forgetting: float = 0.9,
-                 fixed_sd_s: float = 0.05, noise: float = 0.05):
+                 fixed_sd_s: float = 0.05, noise: float = 0.05, window: int = 30):
         self.theta = np.array([0.0, 1.0 / flops_per_cycle])
-        # a vague prior on the slope (the first sample sets it), a narrower one on the fixed part
-        self.cov = np.diag([fixed_sd_s ** 2, (10.0 / flops_per_cycle) ** 2])
-        self.noise = noise  # relative spread of one measured time (a Kalman update, not plain RLS)
+        self.fixed_sd_s = fixed_sd_s
+        self.noise = noise  # relative spread of one measured time
         self.forgetting = forgetting
+        self.samples: deque[tuple[float, float, float]] = deque(maxlen=window)
         self.hysteresis = Hysteresis(drift, count)
         self.count = 0
 
-    def predict(self, x: float, fixed_s: float | None, flops_per_cycle: float) -> float:
-        return (fixed_s or 0.0) + x / flops_per_cycle
+    def predict(self, x: float, fixed_s: float | None, flops_per_cycle: float, slowdown: float = 1.0) -> float:
+        """Seconds for work x at a clock `slowdown` = F / f times below the maximum."""
+        return (fixed_s or 0.0) * slowdown + x / flops_per_cycle
 
-    def observe(self, x: float, seconds: float) -> None:
-        phi = np.array([1.0, x])
-        cov_phi = self.cov @ phi
-        gain = cov_phi / ((self.noise * seconds) ** 2 + phi @ cov_phi)
-        self.theta = self.theta + gain * (seconds - phi @ self.theta)
-        self.cov = (self.cov - np.outer(gain, cov_phi)) / self.forgetting
-        self.theta[0] = max(self.theta[0], 0.0)
-        self.theta[1] = max(self.theta[1], 1e-12)
+    def observe(self, x: float, seconds: float, slowdown: float = 1.0) -> None:
+        from scipy.optimize import nnls
+
+        self.samples.append((slowdown, x, seconds))
         self.count += 1
+        n = len(self.samples)
+        data = np.array(self.samples)
+        weight = self.forgetting ** (0.5 * np.arange(n - 1, -1, -1)) / (self.noise * data[:, 2])
+        rows = np.vstack([data[:, :2] * weight[:, None], [1.0 / self.fixed_sd_s, 0.0]])
+        target = np.append(data[:, 2] * weight, 0.0)
+        theta, _ = nnls(rows, target)
+        if theta[1] <= 0:  # all of it fixed cost: no sign of work yet; C from the slope alone
+            theta = np.array([0.0, float(target[:-1] @ rows[:-1, 1] / (rows[:-1, 1] @ rows[:-1, 1]))])
+        self.theta = np.array([theta[0], max(theta[1], 1e-12)])
 
     @property
     def flops_per_cycle(self) -> float | None:
@@ -211,10 +224,11 @@ class Controller:
             device_seg, _ = profile.segments(plan.split_point)
             if device_seg.flops > 0 and sample.compute_s > 0 and sample.freq_hz > 0:
                 x = plan.rho_device * device_seg.flops / sample.freq_hz
-                self.c_device.observe(x, sample.compute_s)
+                slowdown = max(1.0, self.system.device.max_freq_hz / sample.freq_hz)
+                self.c_device.observe(x, sample.compute_s, slowdown)
                 planned = self.c_device.predict(x, self.planned_with.device_fixed_s,
                                                 self.planned_with.device_flops_per_cycle
-                                                or self.system.device.flops_per_cycle)
+                                                or self.system.device.flops_per_cycle, slowdown)
                 if self.c_device.hysteresis.update(planned, sample.compute_s):
                     reasons.append("compute_drift")
             if sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and self.c_device.flops_per_cycle:
@@ -258,10 +272,11 @@ class Controller:
             _, server_seg = self._profile_at(rows, max(1, sample.seq_len)).segments(plan.split_point)
             if server_seg.flops > 0 and sample.compute_s > 0 and sample.freq_hz > 0:
                 x = plan.rho_server * server_seg.flops / sample.freq_hz
-                self.c_server.observe(x, sample.compute_s)
+                slowdown = max(1.0, self.system.server.max_freq_hz / sample.freq_hz)
+                self.c_server.observe(x, sample.compute_s, slowdown)
                 planned = self.c_server.predict(x, self.planned_with.server_fixed_s,
                                                 self.planned_with.server_flops_per_cycle
-                                                or self.system.server.flops_per_cycle)
+                                                or self.system.server.flops_per_cycle, slowdown)
                 if self.c_server.hysteresis.update(planned, sample.compute_s):
                     reasons.append("compute_drift")
             if sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and self.c_server.flops_per_cycle:

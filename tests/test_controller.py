@@ -121,3 +121,37 @@ def test_a_fixed_cost_per_forward_is_told_apart_from_work_once_rho_varies():
         model.observe(x, (fixed_true + x / c_true) * (1 + rng.uniform(-0.03, 0.03)))
     assert model.flops_per_cycle == pytest.approx(c_true, rel=0.05)
     assert model.fixed_s == pytest.approx(fixed_true, rel=0.2)
+
+
+def _forward_seconds(rho: float, freq_hz: float, rng, fixed_s=0.01, c_true=40.0, work=3e8, max_hz=2e9) -> float:
+    """A forward whose fixed part is cycles too: both terms stretch as the clock falls (+-5 % noise)."""
+    return (fixed_s * max_hz / freq_hz + rho * work / (c_true * freq_hz)) * (1 + rng.uniform(-0.05, 0.05))
+
+
+def test_the_fixed_cost_stretches_with_the_clock():
+    """Fitted at full clock with rho varying, the model predicts a halved clock before seeing one."""
+    from coinfer.planner.controller import _ComputeModel
+
+    rng = random.Random(5)
+    model = _ComputeModel(8.0, 0.2, 3)
+    for rho in [1.0] * 5 + [0.4] * 5 + [0.7] * 5:
+        model.observe(rho * 3e8 / 2e9, _forward_seconds(rho, 2e9, rng), 1.0)
+    truth = 0.01 * 2 + 0.7 * 3e8 / (40.0 * 1e9)
+    predicted = model.predict(0.7 * 3e8 / 1e9, model.fixed_s, model.flops_per_cycle, slowdown=2.0)
+    assert predicted == pytest.approx(truth, rel=0.08)
+
+
+def test_clock_changes_at_one_ratio_keep_the_fit_finite_and_right():
+    """Plans that move only the clock give samples in which fixed cost and work stretch alike; a fit that
+    clipped its Kalman update diverged on them (C -> 1e-12, predictions off by 4x and growing)."""
+    from coinfer.planner.controller import _ComputeModel
+
+    rng = random.Random(1)
+    model = _ComputeModel(8.0, 0.2, 3)
+    for i, freq in enumerate([2e9] * 6 + [0.93e9, 2e9, 1.4e9, 0.93e9] * 10):
+        seconds = _forward_seconds(1.0, freq, rng)
+        if i >= 3:
+            predicted = model.predict(3e8 / freq, model.fixed_s, model.flops_per_cycle, slowdown=2e9 / freq)
+            assert predicted == pytest.approx(seconds, rel=0.15), i
+        model.observe(3e8 / freq, seconds, 2e9 / freq)
+    assert 1.0 < model.flops_per_cycle < 1e3
