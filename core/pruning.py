@@ -202,6 +202,23 @@ class Pruner:
         self._shrunk = True
         return sum(layer.weight.numel() for layer in self.layers.values())
 
+    def prepare(self, rho: float, method: str = "magnitude") -> None:
+        """Work out (and cache) what (rho, method) keeps without touching the layers, so that a later
+        `apply` only writes weights: the ranking is the slow part."""
+        rho, method = check_ratio(rho), check_method(method)
+        if rho == 1.0:
+            return
+        with self._lock:
+            dense = self._dense_weights()
+            if method == "structured":
+                if self.head_dim is None:
+                    raise ValueError("structured pruning needs the model's attention head width (head_dim)")
+                groups = structured_groups(self.layers, self.head_dim)
+                self._cached(rho, method, lambda: {g: structured_keep(dense, g, rho) for g in groups})
+            else:
+                self._cached(rho, method, lambda: {
+                    name: layer_mask(dense[name][0], rho, method, name, self.seed) for name in self.layers})
+
     def apply(self, rho: float, method: str = "magnitude") -> PruneState:
         """Set every layer to its dense weights pruned at (rho, method). Thread-safe; idempotent."""
         rho, method = check_ratio(rho), check_method(method)

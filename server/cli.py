@@ -36,6 +36,10 @@ def register(subparsers) -> None:
     parser.add_argument("--max-freq-hz", type=float, default=3.0e9,
                         help="F_s, the clock a frequency cap is relative to; plans from a planner set it "
                              "(default: %(default)g)")
+    parser.add_argument("--plan-switch-grace-s", type=float, default=2.0,
+                        help="a new plan from the planner swaps in when the first request under it arrives, "
+                             "or after this long; until then requests under the previous plan are still "
+                             "answered, not refused and re-sent. 0 swaps at once (default: %(default)s)")
     parser.add_argument("--grace-s", type=float, default=10.0,
                         help="on SIGTERM, time allowed for in-flight requests (default: %(default)s)")
     parser.set_defaults(func=run)
@@ -67,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
     src = resolve_model(args.model, seed=args.seed)
     check_split(src, args.split)
     print(f"[server] loading blocks {args.split + 1}..{src.num_blocks} of {src.name} ...", file=sys.stderr, flush=True)
+    if args.plan_switch_grace_s < 0:
+        raise UsageError("--plan-switch-grace-s must be >= 0")
     half = ServerHalf(src, args.split, args.rho, args.prune_method, args.epoch, args.device, args.max_freq_hz,
-                      dtype=args.dtype)
+                      dtype=args.dtype, switch_grace_s=args.plan_switch_grace_s)
     if half.freq.mode == "emulated":
         print(f"[server] frequency caps are emulated ({half.freq.reason}); energy from {half.meter.source}",
               file=sys.stderr, flush=True)

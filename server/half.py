@@ -2,10 +2,16 @@
 
 A `HalfState` is one plan's half (epoch, split point, pruning) and is what a request is validated
 against and computed with. Applying a plan makes a new state: a new split point builds a new part from
-the local checkpoint while the old one keeps serving, then swaps; a new ratio re-prunes the part from
-its dense master. The swap happens between forwards (under the compute lock), so a forward never mixes
+the local checkpoint while the old one keeps serving; a new ratio ranks the weights for it from the
+dense master. The swap happens between forwards (under the compute lock), so a forward never mixes
 two plans, and a request that was accepted under a state that is no longer current is refused with the
 epoch the server now holds (the device re-sends it under the new plan).
+
+With a switch grace (`switch_grace_s` > 0, the server's default) the prepared plan waits for the first
+request computed under it, or the end of the grace, before it swaps in: the device's request that was
+already on the wire under the old plan when the planner pushed the new one is still answered under the
+old plan, instead of being refused and computed again (which costs a whole extra round, and a delay
+limit, for every plan change).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import torch
 from coinfer.energy import EnergyReading, PowerModel, make_meter
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
-from coinfer.openmp import release_thread_pool
+from coinfer.openmp import release_thread_pool, single_threaded_here
 from coinfer.planner.defaults import DEFAULT_SYSTEM
 from coinfer.pruning import Pruner, check_method, check_ratio
 from coinfer.split import GenerationOptions, ServerPart, check_split
@@ -91,7 +97,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 class ServerHalf:
     def __init__(self, src: ModelSource, split: int, rho: float = 1.0, method: str = "magnitude",
                  epoch: int = 0, device: str = "auto", max_freq_hz: float = DEFAULT_SERVER_MAX_FREQ_HZ,
-                 power_model: PowerModel = DEFAULT_SERVER_POWER, dtype: str = "fp32"):
+                 power_model: PowerModel = DEFAULT_SERVER_POWER, dtype: str = "fp32", switch_grace_s: float = 0.0):
         self.src = src
         self.device = pick_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -103,6 +109,11 @@ class ServerHalf:
         # One forward at a time: concurrent forwards on a few cores only thrash each other's caches.
         self._compute_lock = threading.Lock()
         self._apply_lock = threading.Lock()
+        # the prepared plan (and its built state when the split changes) waiting to swap in
+        self.switch_grace_s = max(0.0, switch_grace_s)
+        self._pending: tuple[ServerPlan, HalfState | None] | None = None
+        self._pending_lock = threading.Lock()
+        self._grace_timer: threading.Timer | None = None
         release_thread_pool()  # the forwards run on the batcher's thread: one OpenMP pool per process
 
     @property
@@ -120,11 +131,18 @@ class ServerHalf:
         pruner.apply(plan.rho, plan.method)
         return HalfState(plan, part, pruner)
 
+    @property
+    def pending_epoch(self) -> int | None:
+        pending = self._pending
+        return pending[0].epoch if pending else None
+
     def apply(self, epoch: int, split: int, rho: float, method: str, freq_hz: float | None = None,
               max_freq_hz: float | None = None) -> ServerPlan:
-        """Move to a new plan: build what it needs beside the serving state, then swap between forwards."""
+        """Move to a new plan: prepare what it needs beside the serving state, then swap between forwards
+        (at once, or with a switch grace when its first request comes or the grace ends)."""
         rho, method = check_ratio(rho), check_method(method)
         with self._apply_lock:
+            self.commit()  # a plan still waiting for its first request goes in first: one pending at most
             if max_freq_hz and max_freq_hz != self.freq.max_freq_hz:
                 self.freq.reset()  # give real hardware its own setting back before the new control reads it
                 self.freq.close()
@@ -132,21 +150,49 @@ class ServerHalf:
             cap = min(freq_hz or self.freq.max_freq_hz, self.freq.max_freq_hz)
             plan = ServerPlan(epoch, split, rho, method, cap)
             current = self.state
+            fresh = None
             if split != current.plan.split:
                 started = time.perf_counter()
                 fresh = self._build(plan)  # loads blocks k+1..L for the new k while the old state serves
                 log.info("built blocks %d..%d for epoch %d in %.2f s", split + 1, self.src.num_blocks, epoch,
                          time.perf_counter() - started)
-                with self._compute_lock:
-                    self.state = fresh
-                    self.freq.set_cap(cap)
             else:
-                with self._compute_lock:
-                    current.pruner.apply(rho, method)  # masks are cached per (method, rho)
-                    self.state = HalfState(plan, current.part, current.pruner)
-                    self.freq.set_cap(cap)
+                current.pruner.prepare(rho, method)  # the ranking now, so the swap only writes weights
+            with self._pending_lock:
+                self._pending = (plan, fresh)
+            if self.switch_grace_s > 0:
+                self._grace_timer = threading.Timer(self.switch_grace_s, self._commit_after_grace)
+                self._grace_timer.daemon = True
+                self._grace_timer.start()
+            else:
+                self.commit()
             release_thread_pool()  # applied on the plan watcher's thread, which computes nothing else
             return plan
+
+    def _commit_after_grace(self) -> None:
+        single_threaded_here()  # a short-lived thread: re-pruning must not leave an OpenMP pool behind
+        self.commit()
+
+    def commit(self, epoch: int | None = None) -> HalfState | None:
+        """Swap the pending plan in (only if it is `epoch`, when given); the state now serving it, or None
+        when nothing of that epoch was pending."""
+        with self._pending_lock:
+            pending = self._pending
+            if pending is None or (epoch is not None and pending[0].epoch != epoch):
+                return None
+            plan, fresh = pending
+            with self._compute_lock:
+                if fresh is None:
+                    current = self.state
+                    current.pruner.apply(plan.rho, plan.method)  # masks are cached per (method, rho)
+                    fresh = HalfState(plan, current.part, current.pruner)
+                self.state = fresh
+                self.freq.set_cap(plan.freq_hz)
+            self._pending = None
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+                self._grace_timer = None
+            return fresh
 
     def run(self, state: HalfState, x: torch.Tensor, attention_mask: torch.Tensor,
             generation: GenerationOptions) -> tuple[torch.Tensor, float, float, EnergyReading]:

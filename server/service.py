@@ -213,6 +213,8 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         received = time.perf_counter()
         single_threaded_here()  # decoding and checks start no OpenMP pool beside the batcher's
         state = self.half.state
+        if request.plan_epoch != state.plan.epoch:  # the first request under a plan waiting for it
+            state = self.half.commit(request.plan_epoch) or state
         x, mask, generation = self._inputs(request, state)
         return self.batcher.submit(state, x, mask, generation), time.perf_counter() - received
 
