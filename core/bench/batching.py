@@ -111,7 +111,8 @@ def run(model: str = "minilm", split: int = 3, devices=(1, 2, 4, 8), seconds: fl
 
 
 def _compute_only_speedup(src, split, hidden_msgs, mask_msgs, batch, threads) -> float:
-    """The batching ceiling without any serving overhead: `batch` forwards of one request each
+    """What batching gains in compute alone, without serving overhead (a one-at-a-time server pays its
+    per-request overhead on top, so a served gain can exceed this): `batch` forwards of one request each
     against one forward of all of them together (padded, as the batcher does), on `threads` threads."""
     import torch
 
