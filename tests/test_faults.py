@@ -188,7 +188,9 @@ def test_server_killed_and_restarted_mid_stream(minilm, reference, how):
 
 def test_channel_emulator_killed_and_restarted(minilm, steady_server, reference):
     port = free_port()
-    args = ["channel", "--listen", f"127.0.0.1:{port}", "--upstream", steady_server.address, "--unlimited"]
+    # 8 Mbit/s: a request's hidden states spend ~20-30 ms on the wire, so with three callers the link
+    # is busy when the emulator dies (unshaped, the kill could fall between sends and test nothing)
+    args = ["channel", "--listen", f"127.0.0.1:{port}", "--upstream", steady_server.address, "--rate-bps", "8e6"]
     tally = Tally("channel SIGKILL + restart")
     channel = ServiceProcess(args, "channel-1")
     device = DeviceRuntime(minilm, SPLIT, server=channel.address, timeout_s=90, attempt_timeout_s=10)
