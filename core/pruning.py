@@ -175,10 +175,20 @@ class Pruner:
                 layer.weight.data.copy_(weight)
         self._shrunk = False
 
+    def _keeps(self, rho: float, method: str) -> dict:
+        """What (rho, method) keeps, cached: kept units per structured group, else a mask per layer."""
+        dense = self._dense_weights()
+        if method == "structured":
+            if self.head_dim is None:
+                raise ValueError("structured pruning needs the model's attention head width (head_dim)")
+            groups = structured_groups(self.layers, self.head_dim)
+            return self._cached(rho, method, lambda: {g: structured_keep(dense, g, rho) for g in groups})
+        return self._cached(rho, method, lambda: {
+            name: layer_mask(dense[name][0], rho, method, name, self.seed) for name in self.layers})
+
     def _apply_masks(self, rho: float, method: str) -> int:
         dense = self._dense_weights()
-        masks = self._cached(rho, method, lambda: {
-            name: layer_mask(dense[name][0], rho, method, name, self.seed) for name in self.layers})
+        masks = self._keeps(rho, method)
         kept = 0
         for name, layer in self.layers.items():
             torch.mul(dense[name][0], masks[name], out=layer.weight.data)
@@ -186,13 +196,9 @@ class Pruner:
         return kept
 
     def _apply_structured(self, rho: float) -> int:
-        if self.head_dim is None:
-            raise ValueError("structured pruning needs the model's attention head width (head_dim)")
         dense = self._dense_weights()
-        groups = structured_groups(self.layers, self.head_dim)
-        keeps = self._cached(rho, "structured", lambda: {g: structured_keep(dense, g, rho) for g in groups})
-        for group in groups:
-            units = keeps[group]
+        keeps = self._keeps(rho, "structured")
+        for group, units in keeps.items():
             rows = (units[:, None] * group.unit_size + torch.arange(group.unit_size, device=units.device)).reshape(-1)
             for name in group.producers:
                 weight, bias = dense[name]
@@ -209,15 +215,7 @@ class Pruner:
         if rho == 1.0:
             return
         with self._lock:
-            dense = self._dense_weights()
-            if method == "structured":
-                if self.head_dim is None:
-                    raise ValueError("structured pruning needs the model's attention head width (head_dim)")
-                groups = structured_groups(self.layers, self.head_dim)
-                self._cached(rho, method, lambda: {g: structured_keep(dense, g, rho) for g in groups})
-            else:
-                self._cached(rho, method, lambda: {
-                    name: layer_mask(dense[name][0], rho, method, name, self.seed) for name in self.layers})
+            self._keeps(rho, method)
 
     def apply(self, rho: float, method: str = "magnitude") -> PruneState:
         """Set every layer to its dense weights pruned at (rho, method). Thread-safe; idempotent."""

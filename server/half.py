@@ -161,7 +161,7 @@ class ServerHalf:
             with self._pending_lock:
                 self._pending = (plan, fresh)
             if self.switch_grace_s > 0:
-                self._grace_timer = threading.Timer(self.switch_grace_s, self._commit_after_grace)
+                self._grace_timer = threading.Timer(self.switch_grace_s, self._commit_after_grace, (epoch,))
                 self._grace_timer.daemon = True
                 self._grace_timer.start()
             else:
@@ -169,9 +169,9 @@ class ServerHalf:
             release_thread_pool()  # applied on the plan watcher's thread, which computes nothing else
             return plan
 
-    def _commit_after_grace(self) -> None:
+    def _commit_after_grace(self, epoch: int) -> None:
         single_threaded_here()  # a short-lived thread: re-pruning must not leave an OpenMP pool behind
-        self.commit()
+        self.commit(epoch)  # its own plan only: a late timer must not cut a newer plan's grace short
 
     def commit(self, epoch: int | None = None) -> HalfState | None:
         """Swap the pending plan in (only if it is `epoch`, when given); the state now serving it, or None

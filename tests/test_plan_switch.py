@@ -10,7 +10,7 @@ from coinfer.device.runtime import DeviceRuntime
 from coinfer.launch import ServiceProcess
 from coinfer.protos import planner_pb2 as ppb
 from coinfer.protos import planner_pb2_grpc as ppb_grpc
-from coinfer.server.half import ServerHalf
+from coinfer.server.half import PlanChanged, ServerHalf
 from coinfer.split import GenerationOptions
 
 SPLIT = 3
@@ -39,7 +39,7 @@ def test_a_prepared_plan_waits_for_its_first_request_and_the_old_one_serves_till
     assert new.pruner.state.rho == 0.3 and new.pruner.state.method == "structured"
     pruned_out = half.run(new, x, mask, GenerationOptions())[0]
     assert not torch.allclose(pruned_out, dense_out, atol=1e-3)
-    with pytest.raises(Exception, match="plan_epoch"):  # the old state is gone: a request on it is refused
+    with pytest.raises(PlanChanged, match="plan_epoch"):  # the old state is gone: a request on it is refused
         half.run(old, x, mask, GenerationOptions())
 
 
