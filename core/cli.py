@@ -21,9 +21,9 @@ from coinfer.security import add_security_arguments
 COMMAND_MODULES = [
     "coinfer.server.cli",
     "coinfer.device.cli",
-    "coinfer.device.group_cli",
-    "coinfer.demo",
-    "coinfer.bench.cli",
+    "coinfer.device.group.cli",
+    "coinfer.lab.demo",
+    "coinfer.lab.bench.cli",
     "coinfer.planner.cli",
     "coinfer.planner.service_cli",
     "coinfer.channel.cli",

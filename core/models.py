@@ -270,25 +270,6 @@ class ModelSource:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
         return torch.randn(like.shape, generator=generator, dtype=torch.float32).mul_(std).to(like.dtype)
 
-    def block_tensors(self, i: int) -> dict[str, torch.Tensor]:
-        from coinfer.split import build_block
-
-        return dict(build_block(self, i).state_dict(prefix=self.block_prefix(i)))
-
-    def embedding_tensors(self) -> dict[str, torch.Tensor]:
-        from coinfer.split import build_embedding_stage
-
-        return dict(build_embedding_stage(self).embed.state_dict(prefix=self.embedding_prefix))
-
-    def head_tensors(self) -> dict[str, torch.Tensor]:
-        """BART: decoder and LM head (shared embedding included); BERT: nothing (pooling has no weights)."""
-        if self.family != "bart":
-            return {}
-        from coinfer.split import build_generator
-
-        return {k: v for k, v in build_generator(self).state_dict().items()
-                if not k.startswith("model.encoder.")}
-
     def load_into(self, module: torch.nn.Module, prefix: str = "") -> torch.nn.Module:
         """Fill `module` (whose state_dict keys, after `prefix`, are canonical names) with this model's weights."""
         own = module.state_dict()

@@ -218,3 +218,19 @@ def generate_from_encoder(model, hidden: torch.Tensor, attention_mask: torch.Ten
 
     return model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
                           attention_mask=attention_mask, **options.kwargs())
+
+
+def block_tensors(src: ModelSource, i: int) -> dict[str, torch.Tensor]:
+    """Block i's weights under their canonical names."""
+    return dict(build_block(src, i).state_dict(prefix=src.block_prefix(i)))
+
+
+def embedding_tensors(src: ModelSource) -> dict[str, torch.Tensor]:
+    return dict(build_embedding_stage(src).embed.state_dict(prefix=src.embedding_prefix))
+
+
+def head_tensors(src: ModelSource) -> dict[str, torch.Tensor]:
+    """BART: decoder and LM head (shared embedding included); BERT: nothing (pooling has no weights)."""
+    if src.family != "bart":
+        return {}
+    return {k: v for k, v in build_generator(src).state_dict().items() if not k.startswith("model.encoder.")}

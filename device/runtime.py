@@ -25,7 +25,7 @@ from coinfer.errors import UsageError
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
 from coinfer.openmp import release_thread_pool
-from coinfer.planner.defaults import DEFAULT_SYSTEM
+from coinfer.defaults import DEFAULT_SYSTEM
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.pruning import Pruner, check_method, check_ratio
 from coinfer.retry import RetryPolicy
@@ -116,7 +116,7 @@ class DeviceRuntime:
         self.telemetry = telemetry  # a NodeTelemetry, when a planner listens
         self.channel = None
         if channel_control:
-            from coinfer.channel import ChannelControlClient
+            from coinfer.channel.control import ChannelControlClient
 
             self.channel = ChannelControlClient(channel_control)
         try:

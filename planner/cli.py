@@ -35,7 +35,7 @@ def register(subparsers) -> None:
                         "(default: %(default)s)")
     p.add_argument("--split", default="auto", help="auto (search k = 0..L) or one split point K")
     p.add_argument("--system", metavar="SYSTEM.yaml", help="system file (default: built-in, see "
-                                                           "coinfer.planner.defaults)")
+                                                           "coinfer.defaults)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default: %(default)s)")
     p.add_argument("--decoder-len", type=int, default=None,
@@ -95,7 +95,7 @@ def _opt(v, unit) -> str:
 
 def run_plan(args: argparse.Namespace) -> int:
     from coinfer.errors import UsageError
-    from coinfer.planner.defaults import DEFAULT_SYSTEM
+    from coinfer.defaults import DEFAULT_SYSTEM
     from coinfer.planner.scenario import load_yaml, parse_system
     from coinfer.planner.sweep import plan_splits
 

@@ -224,14 +224,15 @@ def profile_model(src, batch: int = 1, seq_len: int = 128, decoder_len: int | No
     masses and (if asked) magnitude-pruning curves from its actual weights, block by block."""
     prof = profile_from_config(src.config, src.family, src.name, batch, seq_len, decoder_len)
     ratios = list(CURVE_RATIOS) if measure_curves else None
-    blocks = [tensor_stats(src.block_tensors(i), ratios) for i in range(prof.num_blocks)]
-    head_tensors = {n: t for n, t in src.head_tensors().items() if n not in _TIED}
-    head = tensor_stats(head_tensors, ratios)
+    from coinfer.split import block_tensors, embedding_tensors, head_tensors
+
+    blocks = [tensor_stats(block_tensors(src, i), ratios) for i in range(prof.num_blocks)]
+    head = tensor_stats({n: t for n, t in head_tensors(src).items() if n not in _TIED}, ratios)
     prof.block_params = [s["params"] for s in blocks]
     prof.block_prunable = [s["prunable"] for s in blocks]
     prof.block_l1 = [s["l1"] for s in blocks]
     prof.head_params, prof.head_prunable, prof.head_l1 = head["params"], head["prunable"], head["l1"]
-    prof.embedding_params = sum(int(t.numel()) for t in src.embedding_tensors().values())
+    prof.embedding_params = sum(int(t.numel()) for t in embedding_tensors(src).values())
     prof.params_total = prof.embedding_params + sum(prof.block_params) + prof.head_params
     prof.weights = "loaded"
     if measure_curves:

@@ -38,22 +38,16 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
     import sys
-    from concurrent import futures
 
-    import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-    from coinfer import security
     from coinfer.errors import UsageError
-    from coinfer.rpc import server_options
     from coinfer.models import resolve_model
     from coinfer.planner.controller import Controller, ControllerSettings
-    from coinfer.planner.defaults import DEFAULT_SYSTEM
+    from coinfer.defaults import DEFAULT_SYSTEM
     from coinfer.planner.profile import profile_from_config, profile_model
     from coinfer.planner.scenario import load_yaml, parse_system
     from coinfer.planner.service import PlanBroadcast, PlannerService
     from coinfer.protos import planner_pb2_grpc as ppb_grpc
-    from coinfer.server.app import wait_for_termination_signal
+    from coinfer.serving import start_grpc_server, wait_for_termination_signal
 
     split = args.split if args.split == "auto" else _int(args.split, "--split")
     if args.batch < 1 or args.seq_len < 1:
@@ -73,22 +67,18 @@ def run(args: argparse.Namespace) -> int:
                             profile_at=lambda b, s: profile_from_config(src.config, src.family, src.name, b, s))
     controller.replan("start")
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="coinfer-planner"),
-                         options=server_options(), interceptors=security.current().interceptors())
-    ppb_grpc.add_PlannerServicer_to_server(PlannerService(controller, broadcast), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = security.current().bind(server, args.listen)
-    if port == 0:
-        raise UsageError(f"--listen {args.listen}: cannot listen there")
-    server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    print(f"listening on {args.listen.rpartition(':')[0]}:{port}", flush=True)
+    service = PlannerService(controller, broadcast)
+    try:
+        served = start_grpc_server(lambda server: ppb_grpc.add_PlannerServicer_to_server(service, server),
+                                   args.listen, workers=32, thread_prefix="coinfer-planner")
+    except OSError as exc:
+        raise UsageError(f"--listen {args.listen}: {exc}") from None
+    print(f"listening on {args.listen.rpartition(':')[0]}:{served.port}", flush=True)
     logging.getLogger(__name__).info("first plan: %s", controller.plan)
     wait_for_termination_signal()
-    health_servicer.enter_graceful_shutdown()
+    stopped = served.stop(2)
     broadcast.close()
-    server.stop(2).wait()
+    stopped.wait()
     return 0
 
 

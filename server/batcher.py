@@ -65,7 +65,8 @@ class _Item:
         return (id(self.state), self.x.dim(), self.x.dtype, self.generation)
 
 
-def _pad_to(tensor: torch.Tensor, length: int, value) -> torch.Tensor:
+def pad_to(tensor: torch.Tensor, length: int, value) -> torch.Tensor:
+    """`tensor` [B, S, ...] right-padded with `value` to [B, length, ...]."""
     missing = length - tensor.shape[1]
     if missing == 0:
         return tensor
@@ -155,8 +156,8 @@ class DynamicBatcher:
     def _compute(self, batch: list[_Item], started: float) -> None:
         length = max(item.x.shape[1] for item in batch)
         tokens = batch[0].x.dim() == 2  # token ids at k = 0, hidden states otherwise
-        x = torch.cat([_pad_to(item.x, length, self.pad_token_id if tokens else 0.0) for item in batch])
-        mask = torch.cat([_pad_to(item.mask, length, 0) for item in batch])
+        x = torch.cat([pad_to(item.x, length, self.pad_token_id if tokens else 0.0) for item in batch])
+        mask = torch.cat([pad_to(item.mask, length, 0) for item in batch])
         output, _, compute_s, energy = self.half.run(batch[0].state, x, mask, batch[0].generation)
         self.batches += 1
         self.requests += len(batch)

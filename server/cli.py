@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.errors import UsageError
     from coinfer.models import resolve_model
     from coinfer.pruning import check_method, check_ratio
-    from coinfer.server.app import start_server, wait_for_termination_signal
+    from coinfer.server.app import start_server
+    from coinfer.serving import wait_for_termination_signal
     from coinfer.server.half import ServerHalf, pick_device, resolve_dtype
     from coinfer.split import check_split
 
@@ -78,13 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if half.freq.mode == "emulated":
         print(f"[server] frequency caps are emulated ({half.freq.reason}); energy from {half.meter.source}",
               file=sys.stderr, flush=True)
-    telemetry = watcher = None
     if args.planner:
-        from coinfer.plans import PlanWatcher
-        from coinfer.telemetry import NodeTelemetry
-
-        telemetry = NodeTelemetry(args.planner, args.node_id)
-        watcher = PlanWatcher(args.planner, args.node_id, "server", lambda plan: _follow(half, plan)).start()
+        half.follow(args.planner, args.node_id)
     metrics = None
     if args.metrics_listen:
         from coinfer.server.metrics import ServerMetrics
@@ -96,28 +92,16 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--metrics-listen {args.metrics_listen}: {exc}") from None
     try:
         running = start_server(half, args.listen, args.max_message_mb * 1024 * 1024, args.workers,
-                               args.max_batch_size, args.max_queue_delay_ms / 1e3, telemetry, metrics)
+                               args.max_batch_size, args.max_queue_delay_ms / 1e3, half.telemetry, metrics)
     except (OSError, RuntimeError) as exc:
         raise UsageError(f"--listen {args.listen}: {exc}") from None
     host = args.listen.rpartition(":")[0]
     print(f"listening on {host}:{running.port}", flush=True)
     logging.getLogger(__name__).info("serving %s k=%d rho=%.3f on %s", src.name, args.split, args.rho, half.device)
     wait_for_termination_signal()
-    if watcher is not None:
-        watcher.stop()
+    half.stop_following()
     running.stop(args.grace_s)
-    if telemetry is not None:
-        telemetry.stop()
+    half.close_telemetry()
     print("[server] stopped", file=sys.stderr, flush=True)
     return 0
 
-
-def _follow(half, plan) -> None:
-    """Apply a planner's plan to the server half (called by the PlanWatcher, one plan at a time)."""
-    import logging
-
-    if plan.model_id and plan.model_id != half.src.name:
-        raise ValueError(f"plan {plan.epoch} is for model {plan.model_id!r}, this server holds {half.src.name!r}")
-    applied = half.apply(plan.epoch, plan.split_point, plan.rho_server, plan.prune_method or half.plan.method,
-                         plan.f_server_hz or None, plan.server_max_freq_hz or None)
-    logging.getLogger(__name__).info("applied plan %d (%s): %s", plan.epoch, plan.reason, applied)

@@ -26,7 +26,7 @@ from coinfer.energy import EnergyReading, PowerModel, make_meter
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
 from coinfer.openmp import release_thread_pool, single_threaded_here
-from coinfer.planner.defaults import DEFAULT_SYSTEM
+from coinfer.defaults import DEFAULT_SYSTEM
 from coinfer.pruning import Pruner, check_method, check_ratio
 from coinfer.split import GenerationOptions, ServerPart, check_split
 
@@ -114,6 +114,7 @@ class ServerHalf:
         self._pending: tuple[ServerPlan, HalfState | None] | None = None
         self._pending_lock = threading.Lock()
         self._grace_timer: threading.Timer | None = None
+        self.watcher = self.telemetry = None  # set by follow()
         release_thread_pool()  # the forwards run on the batcher's thread: one OpenMP pool per process
 
     @property
@@ -168,6 +169,33 @@ class ServerHalf:
                 self.commit()
             release_thread_pool()  # applied on the plan watcher's thread, which computes nothing else
             return plan
+
+    def follow(self, planner: str, node_id: str = "server") -> None:
+        """Apply the plans of the planner at `planner` as they come (as the device runtime does), and
+        keep a NodeTelemetry for it in `self.telemetry` (the service reports each answered request)."""
+        from coinfer.plans import PlanWatcher
+        from coinfer.telemetry import NodeTelemetry
+
+        self.telemetry = NodeTelemetry(planner, node_id)
+        self.watcher = PlanWatcher(planner, node_id, "server", self._apply_plan).start()
+
+    def _apply_plan(self, plan) -> None:
+        """A planner's plan (called by the PlanWatcher, one plan at a time)."""
+        if plan.model_id and plan.model_id != self.src.name:
+            raise ValueError(f"plan {plan.epoch} is for model {plan.model_id!r}, this server holds {self.src.name!r}")
+        applied = self.apply(plan.epoch, plan.split_point, plan.rho_server, plan.prune_method or self.plan.method,
+                             plan.f_server_hz or None, plan.server_max_freq_hz or None)
+        log.info("applied plan %d (%s): %s", plan.epoch, plan.reason, applied)
+
+    def stop_following(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+
+    def close_telemetry(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.stop()
+            self.telemetry = None
 
     def _commit_after_grace(self, epoch: int) -> None:
         single_threaded_here()  # a short-lived thread: re-pruning must not leave an OpenMP pool behind
