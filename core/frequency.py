@@ -75,6 +75,7 @@ class FrequencyControl:
         if not (math.isfinite(max_freq_hz) and max_freq_hz > 0):
             raise ValueError(f"max_freq_hz must be positive and finite, got {max_freq_hz}")
         self.kind = kind
+        self._opened_with = (device_index, sysfs_root, nvml)  # what with_max() opens again
         self.max_freq_hz = float(max_freq_hz)
         self.cap_hz = self.max_freq_hz
         self.mode = "emulated"
@@ -126,6 +127,20 @@ class FrequencyControl:
             return None
 
     # --- the cap ----------------------------------------------------------------------------------
+    def with_max(self, max_freq_hz: float | None) -> "FrequencyControl":
+        """This control, or, when a plan names another maximum F, a new one for the same processor
+        (the hardware's own setting given back first, so the new control reads it)."""
+        if not max_freq_hz or max_freq_hz == self.max_freq_hz:
+            return self
+        self.reset()
+        self.close()
+        device_index, sysfs_root, nvml = self._opened_with
+        return FrequencyControl(self.kind, max_freq_hz, device_index, sysfs_root, nvml)
+
+    def cap_for(self, freq_hz: float | None) -> float:
+        """The cap a plan's f_j means here: f_j, at most F; none given, F."""
+        return min(freq_hz or self.max_freq_hz, self.max_freq_hz)
+
     def set_cap(self, freq_hz: float) -> None:
         if not (freq_hz > 0 and freq_hz <= self.max_freq_hz * (1 + _REL_TOL)):  # also rejects NaN
             raise ValueError(f"freq_hz must be in (0, {self.max_freq_hz:g}] (max_freq_hz), got {freq_hz}")

@@ -150,6 +150,14 @@ class Pruner:
         total = sum(layer.weight.numel() for layer in layers.values())
         self.state = PruneState(1.0, "magnitude", total, total)
 
+    @classmethod
+    def for_part(cls, part: nn.Module, src, rho: float, method: str) -> "Pruner":
+        """A pruner over the Linear layers of `part` (a DevicePart or ServerPart built from the
+        ModelSource `src`), applied at (rho, method): how each half prunes what it just built."""
+        pruner = cls(part.linear_layers(), seed=src.seed, head_dim=src.head_dim)
+        pruner.apply(rho, method)
+        return pruner
+
     def _dense_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         if self._dense is None:
             self._dense = {name: (layer.weight.detach().clone(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
-from coinfer.plans import TelemetryReporter
+from coinfer.plans import PlanWatcher, TelemetryReporter
 from coinfer.protos import planner_pb2 as ppb
 from coinfer.sysstats import sample as sample_process
 
@@ -58,3 +58,16 @@ class NodeTelemetry:
 
     def stop(self) -> None:
         self.reporter.stop()
+
+
+def follow_planner(planner: str, node_id: str, role: str, model_name: str, apply, report: bool = True):
+    """How either half follows a planner: `apply(plan)` for each new plan meant for `model_name` (a plan
+    for another model is refused), and a NodeTelemetry reporting to it when `report`.
+    Returns (telemetry or None, the started PlanWatcher)."""
+    def apply_if_ours(plan) -> None:
+        if plan.model_id and plan.model_id != model_name:
+            raise ValueError(f"plan {plan.epoch} is for model {plan.model_id!r}, this {role} holds {model_name!r}")
+        apply(plan)
+
+    telemetry = NodeTelemetry(planner, node_id) if report else None
+    return telemetry, PlanWatcher(planner, node_id, role, apply_if_ours).start()

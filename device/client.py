@@ -123,7 +123,7 @@ class InferenceClient:
         self.use_stream = use_stream
         self.max_message_bytes = max_message_bytes
         self._stream: _Stream | None = None
-        self._stream_lock = threading.Lock()
+        self._stream_lock = threading.RLock()  # reset() closes and reconnects under it
         self._connect()
 
     def _connect(self) -> None:
@@ -133,13 +133,17 @@ class InferenceClient:
         self.channel = security.channel(self.address, options)
         self.stub = pb_grpc.CoInferenceStub(self.channel)
 
-    def reset(self) -> None:
-        """Drop the stream and the connection: after a stalled call, the next one starts afresh."""
+    def _close_stream_and_channel(self) -> None:
         with self._stream_lock:
             if self._stream is not None:
                 self._stream.close()
                 self._stream = None
             self.channel.close()
+
+    def reset(self) -> None:
+        """Drop the stream and the connection: after a stalled call, the next one starts afresh."""
+        with self._stream_lock:
+            self._close_stream_and_channel()
             self._connect()
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
@@ -183,11 +187,7 @@ class InferenceClient:
         return reply
 
     def close(self) -> None:
-        with self._stream_lock:
-            if self._stream is not None:
-                self._stream.close()
-                self._stream = None
-        self.channel.close()
+        self._close_stream_and_channel()
 
     def __enter__(self) -> "InferenceClient":
         return self

@@ -154,9 +154,7 @@ class DeviceRuntime:
 
     def _build(self, plan: DevicePlan) -> DeviceState:
         part = self._make_part(plan.split)
-        pruner = Pruner(part.linear_layers(), seed=self.src.seed, head_dim=self.src.head_dim)
-        pruner.apply(plan.rho, plan.method)
-        return DeviceState(plan, part, pruner)
+        return DeviceState(plan, part, Pruner.for_part(part, self.src, plan.rho, plan.method))
 
     def set_pruning(self, rho: float, method: str) -> None:
         """Change the device half's ratio under the current epoch (a static, planner-less setting)."""
@@ -173,11 +171,8 @@ class DeviceRuntime:
         if codec not in CODECS:
             raise UsageError(f"codec: unknown codec {codec!r}")
         with self._apply_lock:
-            if max_freq_hz and max_freq_hz != self.freq.max_freq_hz:
-                self.freq.reset()  # give real hardware its own setting back before the new control reads it
-                self.freq.close()
-                self.freq = FrequencyControl("cpu", max_freq_hz)
-            cap = min(freq_hz or self.freq.max_freq_hz, self.freq.max_freq_hz)
+            self.freq = self.freq.with_max(max_freq_hz)
+            cap = self.freq.cap_for(freq_hz)
             plan = DevicePlan(epoch, split, rho, method, codec, cap, tx_power_w)
             current = self.state
             fresh = self._build(plan) if split != current.plan.split else None
@@ -329,16 +324,12 @@ class DeviceRuntime:
 
     def follow(self, planner: str, node_id: str = "device", report: bool = True) -> None:
         """Apply the plans of the planner at `planner` as they come, and report telemetry to it."""
-        from coinfer.plans import PlanWatcher
-        from coinfer.telemetry import NodeTelemetry
+        from coinfer.telemetry import follow_planner
 
-        if report:
-            self.telemetry = NodeTelemetry(planner, node_id)
-        self.watcher = PlanWatcher(planner, node_id, "device", self._apply_plan).start()
+        telemetry, self.watcher = follow_planner(planner, node_id, "device", self.src.name, self._apply_plan, report)
+        self.telemetry = telemetry or self.telemetry
 
     def _apply_plan(self, plan) -> None:
-        if plan.model_id and plan.model_id != self.src.name:
-            raise ValueError(f"plan {plan.epoch} is for model {plan.model_id!r}, this device has {self.src.name!r}")
         current = self.state.plan
         self.apply(plan.epoch, plan.split_point, plan.rho_device, plan.prune_method or current.method,
                    plan.codec or current.codec, plan.f_device_hz or None, plan.device_max_freq_hz or None,

@@ -128,9 +128,7 @@ class ServerHalf:
     def _build(self, plan: ServerPlan) -> HalfState:
         check_split(self.src, plan.split)
         part = ServerPart(self.src, plan.split).to(self.device, self.dtype)  # floating weights only
-        pruner = Pruner(part.linear_layers(), seed=self.src.seed, head_dim=self.src.head_dim)
-        pruner.apply(plan.rho, plan.method)
-        return HalfState(plan, part, pruner)
+        return HalfState(plan, part, Pruner.for_part(part, self.src, plan.rho, plan.method))
 
     @property
     def pending_epoch(self) -> int | None:
@@ -144,11 +142,8 @@ class ServerHalf:
         rho, method = check_ratio(rho), check_method(method)
         with self._apply_lock:
             self.commit()  # a plan still waiting for its first request goes in first: one pending at most
-            if max_freq_hz and max_freq_hz != self.freq.max_freq_hz:
-                self.freq.reset()  # give real hardware its own setting back before the new control reads it
-                self.freq.close()
-                self.freq = FrequencyControl(self._kind, max_freq_hz, device_index=self._index)
-            cap = min(freq_hz or self.freq.max_freq_hz, self.freq.max_freq_hz)
+            self.freq = self.freq.with_max(max_freq_hz)
+            cap = self.freq.cap_for(freq_hz)
             plan = ServerPlan(epoch, split, rho, method, cap)
             current = self.state
             fresh = None
@@ -173,16 +168,12 @@ class ServerHalf:
     def follow(self, planner: str, node_id: str = "server") -> None:
         """Apply the plans of the planner at `planner` as they come (as the device runtime does), and
         keep a NodeTelemetry for it in `self.telemetry` (the service reports each answered request)."""
-        from coinfer.plans import PlanWatcher
-        from coinfer.telemetry import NodeTelemetry
+        from coinfer.telemetry import follow_planner
 
-        self.telemetry = NodeTelemetry(planner, node_id)
-        self.watcher = PlanWatcher(planner, node_id, "server", self._apply_plan).start()
+        self.telemetry, self.watcher = follow_planner(planner, node_id, "server", self.src.name, self._apply_plan)
 
     def _apply_plan(self, plan) -> None:
         """A planner's plan (called by the PlanWatcher, one plan at a time)."""
-        if plan.model_id and plan.model_id != self.src.name:
-            raise ValueError(f"plan {plan.epoch} is for model {plan.model_id!r}, this server holds {self.src.name!r}")
         applied = self.apply(plan.epoch, plan.split_point, plan.rho_server, plan.prune_method or self.plan.method,
                              plan.f_server_hz or None, plan.server_max_freq_hz or None)
         log.info("applied plan %d (%s): %s", plan.epoch, plan.reason, applied)
