@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     gain.add_argument("--gain", type=float, help="linear power gain")
     gain.add_argument("--gain-db", type=float, help="power gain in dB (e.g. -90)")
     gain.add_argument("--distance-m", type=float, help="gain from path loss at this distance")
-    gain.add_argument("--path-loss-db-at-1m", type=float, help="path loss PL0 at 1 m in dB (default 40)")
+    gain.add_argument("--path-loss-db-at-1m", type=float,
+                      help="path loss at 1 m in dB, a loss: 40 means a gain of -40 dB at 1 m (default 40)")
     gain.add_argument("--path-loss-exponent", type=float, help="path loss exponent alpha (default 3)")
     gain.add_argument("--trace", metavar="FILE",
                       help="replay a gain trace: lines of 'time_s, gain' (header 'time_s,gain_db' for dB); "
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     except TcError as exc:
         raise UsageError(f"--tc-dev {args.tc_dev}: {exc}") from None
     except ControlListenError as exc:
-        raise UsageError(f"--control: {exc}") from None
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"--listen: cannot listen on {args.listen}: {exc.strerror or exc}") from None
     stop = threading.Event()

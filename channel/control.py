@@ -12,8 +12,8 @@ ValueError (the server's INVALID_ARGUMENT / FAILED_PRECONDITION), anything else 
 """
 from __future__ import annotations
 
+import asyncio
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 
 import grpc
@@ -45,63 +45,66 @@ class ControlListenError(OSError):
 
 
 class ChannelControlServicer(channel_pb2_grpc.ChannelControlServicer):
-    """Turns each call into one thread-safe call on a running ChannelEmulator."""
+    """Turns each call into one call on the ChannelEmulator, on the emulator's own event loop (where the
+    emulator's methods run directly: nothing waits on a thread)."""
 
     def __init__(self, emulator):
         self.emulator = emulator
 
-    def _reply(self, context, action) -> channel_pb2.ChannelStats:
+    async def _reply(self, context, action) -> channel_pb2.ChannelStats:
         try:
             return stats_to_proto(action())
         except ValueError as exc:
             code = (grpc.StatusCode.FAILED_PRECONDITION if isinstance(exc, RadioNotConfigured)
                     else grpc.StatusCode.INVALID_ARGUMENT)
-            context.abort(code, str(exc))
+            await context.abort(code, str(exc))
 
-    def SetTxPower(self, request, context):
-        return self._reply(context, lambda: self.emulator.set_tx_power(request.watts))
+    async def SetTxPower(self, request, context):
+        return await self._reply(context, lambda: self.emulator.set_tx_power(request.watts))
 
-    def SetGain(self, request, context):
+    async def SetGain(self, request, context):
         which = request.WhichOneof("value")
         if which is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set one of gain, gain_db, distance_m")
-        return self._reply(context, lambda: self.emulator.set_gain(**{which: getattr(request, which)}))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set one of gain, gain_db, distance_m")
+        return await self._reply(context, lambda: self.emulator.set_gain(**{which: getattr(request, which)}))
 
-    def SetRate(self, request, context):
+    async def SetRate(self, request, context):
         which = request.WhichOneof("mode")
         if which == "fixed_bps":
-            return self._reply(context, lambda: self.emulator.set_rate(request.fixed_bps))
+            return await self._reply(context, lambda: self.emulator.set_rate(request.fixed_bps))
         if which == "unlimited" and request.unlimited:
-            return self._reply(context, self.emulator.set_unlimited)
+            return await self._reply(context, self.emulator.set_unlimited)
         if which == "radio" and request.radio:
-            return self._reply(context, self.emulator.use_radio)
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set one of fixed_bps, unlimited=true, radio=true")
+            return await self._reply(context, self.emulator.use_radio)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set one of fixed_bps, unlimited=true, radio=true")
 
-    def GetStats(self, request, context):
-        return self._reply(context, self.emulator.stats)
+    async def GetStats(self, request, context):
+        return await self._reply(context, self.emulator.stats)
 
 
 class _ControlServer:
-    def __init__(self, server: grpc.Server, executor: ThreadPoolExecutor):
-        self.server, self.executor = server, executor
+    def __init__(self, served, loop: asyncio.AbstractEventLoop):
+        self.served, self.loop = served, loop
 
     def stop(self, grace_s: float = 1.0) -> None:
-        self.server.stop(grace_s).wait()
-        self.executor.shutdown(wait=True)
+        if self.loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self.served.stop(grace_s), self.loop).result(grace_s + 10)
 
 
-def start_control_server(emulator, address: str) -> tuple[_ControlServer, int]:
-    """Serve ChannelControl for `emulator` on address (port 0 picks one); returns (server, port)."""
-    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="coinfer-channel-control")
-    server = grpc.server(executor, interceptors=security.current().interceptors())
-    channel_pb2_grpc.add_ChannelControlServicer_to_server(ChannelControlServicer(emulator), server)
+def start_control_server(emulator, address: str, loop: asyncio.AbstractEventLoop) -> tuple[_ControlServer, int]:
+    """Serve ChannelControl for `emulator` on address (port 0 picks one), on the emulator's event loop
+    `loop`; returns (server, port)."""
+    from coinfer.serving import start_grpc_server
+
+    servicer = ChannelControlServicer(emulator)
+    starting = start_grpc_server(lambda server: channel_pb2_grpc.add_ChannelControlServicer_to_server(servicer, server),
+                                 address, option_name="--control")
     try:
-        port = security.current().bind(server, address)
-    except RuntimeError as exc:      # grpc's way of saying it could not bind
-        executor.shutdown(wait=False)
-        raise ControlListenError(f"cannot listen on {address}: {str(exc).split(';')[0]}") from None
-    server.start()
-    return _ControlServer(server, executor), port
+        served = asyncio.run_coroutine_threadsafe(starting, loop).result(30)
+    except OSError as exc:
+        raise ControlListenError(str(exc)) from None
+    return _ControlServer(served, loop), served.port
 
 
 class ChannelControlClient:

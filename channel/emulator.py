@@ -77,7 +77,7 @@ class ChannelEmulator:
         if self.config.control is not None:
             try:
                 from coinfer.channel.control import start_control_server
-                self._control, self.control_port = start_control_server(self, self.config.control)
+                self._control, self.control_port = start_control_server(self, self.config.control, self._loop)
             except BaseException:
                 self.stop()
                 raise

@@ -12,6 +12,8 @@ import math
 import random
 from pathlib import Path
 
+from coinfer.radio import db_to_linear
+
 
 class RayleighBlockFading:
     """|h|^2 ~ Exp(1), redrawn every `coherence_s` seconds (block fading).
@@ -107,7 +109,7 @@ def load_trace(path: str | Path) -> GainTrace:
             seen_data = True  # only one header line
             continue
         seen_data = True
-        gain = 10.0 ** (g / 10.0) if in_db else g
+        gain = db_to_linear(g) if in_db else g
         if not (math.isfinite(t) and t >= 0):
             raise ValueError(f"{path}:{lineno}: time must be a finite number >= 0, got {fields[0]}")
         if not (math.isfinite(gain) and gain >= 0):

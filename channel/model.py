@@ -172,7 +172,8 @@ class ChannelModel:
 
     def _set_distance(self, distance_m: float) -> None:
         self.distance_m = float(distance_m)
-        self.base_gain = path_loss_gain(distance_m, self.path_loss_db_at_1m, self.path_loss_exponent)
+        # --path-loss-db-at-1m is a loss (positive dB); path_loss_gain takes the reference as a gain
+        self.base_gain = path_loss_gain(distance_m, -self.path_loss_db_at_1m, self.path_loss_exponent)
 
     def _require_radio(self, what: str) -> None:
         if not self.radio_configured:

@@ -138,6 +138,12 @@ def _decode_int4(msg: pb.Tensor, shape: list[int], target: torch.dtype, field: s
         raise WireError(f"{field}.group_size", "must be an even number in 2..4096")
     rows, groups = _int4_groups(shape, msg.group_size)
     padded = rows * groups * msg.group_size
+    # Checked before anything is allocated: groups wider than the rows would expand a small message
+    # into a huge tensor (a [1, N, 1] tensor with 4096-wide groups is 4096 x its size). An honest
+    # encoder's padding at most doubles the values.
+    if padded > 2 * math.prod(shape) + msg.group_size:
+        raise WireError(f"{field}.group_size", f"{msg.group_size} pads {shape} to {padded} values; "
+                        "groups must not be much wider than the last dimension")
     packed = _array(msg.data, pb.UINT8, padded // 2, field)
     scales = _array(msg.scales, pb.FLOAT16, rows * groups, f"{field}.scales").float()
     if not torch.isfinite(scales).all() or (scales < 0).any():
@@ -161,9 +167,10 @@ def decode(msg: pb.Tensor, field: str = "tensor", max_elements: int | None = Non
     """The logical tensor a wire message carries; WireError names what is wrong."""
     if msg.dtype not in _DTYPES:
         raise WireError(f"{field}.dtype", f"unknown or unset dtype {msg.dtype}")
+    rank = len(msg.shape)  # before list(): a shape of millions of entries must cost nothing
+    if not 1 <= rank <= MAX_RANK:
+        raise WireError(f"{field}.shape", f"rank must be 1..{MAX_RANK}, got {rank}")
     shape = list(msg.shape)
-    if not shape or len(shape) > MAX_RANK:
-        raise WireError(f"{field}.shape", f"rank must be 1..{MAX_RANK}, got {len(shape)}")
     if any(d < 0 for d in shape):
         raise WireError(f"{field}.shape", f"negative dimension in {shape}")
     count = math.prod(shape)

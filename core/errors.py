@@ -1,8 +1,11 @@
 """Errors shared by every part of coinfer."""
 
 
-class UsageError(Exception):
-    """A mistake in what the user asked for (bad model path, split point out of range...).
+class UsageError(ValueError):
+    """A value given by the caller is wrong (a bad model path, a split point out of range, an unknown
+    codec, a malformed system file...).
 
-    The command line prints it without a traceback and exits with status 2.
+    Library code raises it wherever the mistake is the caller's, not coinfer's; it is a ValueError, so
+    a library caller may catch ValueError. The command line prints it without a traceback and exits
+    with status 2.
     """

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 RECONNECT = RetryPolicy(initial_s=0.2, max_s=2.0, max_attempts=0)
 
 
+class PlanRefused(ValueError):
+    """A node will not apply this plan (infeasible, below its floors, for another model)."""
+
+
 class PlanWatcher:
     def __init__(self, address: str, node_id: str, role: str, on_plan: Callable[[ppb.Plan], None],
                  retry: RetryPolicy = RECONNECT):
@@ -34,6 +38,7 @@ class PlanWatcher:
         self.current: ppb.Plan | None = None
         self.connected = threading.Event()
         self.subscriptions = 0
+        self.refused = 0  # plans this node would not apply
         self._first = threading.Event()
         self._stop = threading.Event()
         self._call = None
@@ -79,6 +84,11 @@ class PlanWatcher:
             return  # plans never go backwards (a re-subscription repeats the current one)
         try:
             self.on_plan(plan)
+        except PlanRefused as exc:
+            self.refused += 1
+            log.warning("plan %d refused: %s; keeping epoch %s", plan.epoch, exc,
+                        self.current.epoch if self.current else "of the command line")
+            return
         except Exception:  # a plan that cannot be applied must not kill the watcher
             log.exception("applying plan epoch %d failed; keeping epoch %s", plan.epoch,
                           self.current.epoch if self.current else None)

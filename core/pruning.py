@@ -26,6 +26,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from coinfer.errors import UsageError
+
 METHODS = ("magnitude", "random", "structured")
 
 # Structured groups, by canonical-name suffix: (producers sliced by rows, consumer sliced by columns,
@@ -42,13 +44,13 @@ _GROUPS = [
 def check_ratio(rho: float, field: str = "rho") -> float:
     rho = float(rho)
     if not 0.0 < rho <= 1.0 or rho != rho:
-        raise ValueError(f"{field} must be in (0, 1], got {rho}")
+        raise UsageError(f"{field} must be in (0, 1], got {rho}")
     return rho
 
 
 def check_method(method: str) -> str:
     if method not in METHODS:
-        raise ValueError(f"prune method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise UsageError(f"prune method must be one of {', '.join(METHODS)}, got {method!r}")
     return method
 
 

@@ -19,6 +19,9 @@ def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[t
     """Message limits, and tolerance of the clients' keepalive pings (by default a server answers
     pings more frequent than every five minutes with GOAWAY)."""
     return message_options(max_message_bytes) + [
+        # gRPC sets SO_REUSEPORT by default: a second service on a busy port would bind it too and take
+        # half the connections. Off, a busy port is an error at start.
+        ("grpc.so_reuseport", 0),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 0),

@@ -13,6 +13,8 @@ One `Security` per process, from the command line (`add_security_arguments`, or 
   every service (health checks excepted), for deployments without certificates.
 
 Without any of these, services and clients are plaintext, and services bind 127.0.0.1 by default.
+A service asked to listen beyond loopback with neither TLS nor a token refuses to start unless
+`--insecure` says that is meant (a private test network).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class Security:
     mtls: bool = False
     server_name: str | None = None
     token: str | None = None
+    insecure: bool = False  # --insecure: serve beyond loopback with no TLS and no token
 
     @property
     def tls(self) -> bool:
@@ -64,15 +67,34 @@ class Security:
                                            root_certificates=self._read(self.ca, "--tls-ca"),
                                            require_client_auth=self.mtls)
 
-    def bind(self, server: grpc.Server, address: str) -> int:
+    @property
+    def authenticates(self) -> bool:
+        """Whether callers are authenticated: a token, or mutual TLS."""
+        return bool(self.token) or (self.tls and self.mtls)
+
+    def check_exposure(self, address: str, option: str = "--listen") -> None:
+        """Refuse to serve beyond loopback unauthenticated and in plain text, unless --insecure."""
+        if self.insecure or self.tls or self.token or is_loopback(address):
+            return
+        raise UsageError(f"{option} {address}: reachable beyond loopback with neither TLS nor a token; "
+                         "give --token (or COINFER_TOKEN) or --tls-cert/--tls-key, or --insecure if "
+                         "that is meant")
+
+    def bind(self, server, address: str) -> int:
         """Add a listening port (TLS when configured); the port bound, 0 on failure."""
         credentials = self.server_credentials()
         if credentials is None:
             return server.add_insecure_port(address)
         return server.add_secure_port(address, credentials)
 
-    def interceptors(self) -> list[grpc.ServerInterceptor]:
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return [_TokenCheck(self.token)] if self.token else []
+
+    def token_ok(self, authorization: str | None) -> bool:
+        """An HTTP Authorization header against the token (no token configured: always)."""
+        if not self.token:
+            return True
+        return hmac.compare_digest((authorization or "").encode(), f"Bearer {self.token}".encode())
 
     # --- clients -----------------------------------------------------------------------------
     def channel(self, target: str, options: list | None = None) -> grpc.Channel:
@@ -122,12 +144,29 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--token", metavar="SECRET",
                        help="shared token sent and required on every call (prefer COINFER_TOKEN: a "
                             "flag shows in the process list)")
+    group.add_argument("--insecure", action="store_true",
+                       help="allow serving beyond loopback with neither TLS nor a token (a private "
+                            "test network); without it such a service refuses to start")
 
 
 def from_args(args: argparse.Namespace) -> Security:
     return Security(cert=getattr(args, "tls_cert", None), key=getattr(args, "tls_key", None),
                     ca=getattr(args, "tls_ca", None), mtls=bool(getattr(args, "mtls", False)),
-                    server_name=getattr(args, "tls_server_name", None), token=getattr(args, "token", None) or None)
+                    server_name=getattr(args, "tls_server_name", None), token=getattr(args, "token", None) or None,
+                    insecure=bool(getattr(args, "insecure", False)))
+
+
+def is_loopback(address: str) -> bool:
+    """Whether HOST:PORT names this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    host = address.rpartition(":")[0].strip("[]") if ":" in address else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost (or an empty host: every interface)
 
 
 class _TokenHeader(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
@@ -159,12 +198,12 @@ class _CallDetails(grpc.ClientCallDetails):
         self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
 
 
-class _TokenCheck(grpc.ServerInterceptor):
+class _TokenCheck(grpc.aio.ServerInterceptor):
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_METHODS):
             return handler
         offered = dict(details.invocation_metadata or ()).get(AUTH_HEADER, "")
@@ -174,8 +213,8 @@ class _TokenCheck(grpc.ServerInterceptor):
 
 
 def _refusal(handler):
-    def refuse(request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong token")
+    async def refuse(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong token")
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(refuse)

@@ -5,10 +5,11 @@ change slowly, and sampling them per request would cost more than the request's 
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 
-from coinfer.plans import PlanWatcher, TelemetryReporter
+from coinfer.plans import PlanRefused, PlanWatcher, TelemetryReporter
 from coinfer.protos import planner_pb2 as ppb
 from coinfer.sysstats import sample as sample_process
 
@@ -60,14 +61,21 @@ class NodeTelemetry:
         self.reporter.stop()
 
 
-def follow_planner(planner: str, node_id: str, role: str, model_name: str, apply, report: bool = True):
-    """How either half follows a planner: `apply(plan)` for each new plan meant for `model_name` (a plan
-    for another model is refused), and a NodeTelemetry reporting to it when `report`.
-    Returns (telemetry or None, the started PlanWatcher)."""
-    def apply_if_ours(plan) -> None:
+def follow_planner(planner: str, node_id: str, role: str, model_name: str, apply, report: bool = True,
+                   min_rho: float = 0.0):
+    """How either half follows a planner: `apply(plan)` for each new plan it accepts, and a NodeTelemetry
+    reporting to it when `report`. A node believes no plan blindly: one for another model, one that says
+    it is infeasible, or one that would prune this half below `min_rho`, is refused and the last good
+    plan stays in force (the watcher logs why). Returns (telemetry or None, the started PlanWatcher)."""
+    def apply_if_acceptable(plan) -> None:
         if plan.model_id and plan.model_id != model_name:
-            raise ValueError(f"plan {plan.epoch} is for model {plan.model_id!r}, this {role} holds {model_name!r}")
+            raise PlanRefused(f"it is for model {plan.model_id!r}, this {role} holds {model_name!r}")
+        if not plan.feasible:
+            raise PlanRefused(f"the planner says it is infeasible ({plan.detail or 'no reason given'})")
+        rho = plan.rho_device if role == "device" else plan.rho_server
+        if not (math.isfinite(rho) and min_rho <= rho <= 1.0):
+            raise PlanRefused(f"rho_{role} {rho:g} is outside this {role}'s [{min_rho:g}, 1] (--min-rho)")
         apply(plan)
 
     telemetry = NodeTelemetry(planner, node_id) if report else None
-    return telemetry, PlanWatcher(planner, node_id, role, apply_if_ours).start()
+    return telemetry, PlanWatcher(planner, node_id, role, apply_if_acceptable).start()

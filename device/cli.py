@@ -29,6 +29,10 @@ def register(subparsers) -> None:
     parser.add_argument("--planner", metavar="HOST:PORT",
                         help="follow this planner's plans (split, rho, codec, frequency cap, transmit power) and "
                              "report telemetry to it; the device then waits for its first plan")
+    parser.add_argument("--min-rho", type=float, default=0.0,
+                        help="refuse a planner's plan that would prune this half below this ratio (the last "
+                             "good plan stays in force; plans that say they are infeasible are always "
+                             "refused) (default: %(default)s)")
     parser.add_argument("--channel-control", metavar="HOST:PORT",
                         help="the channel emulator's control address: plans set the transmit power there")
     parser.add_argument("--node-id", default="device", help="name in telemetry (default: %(default)s)")
@@ -79,10 +83,11 @@ def run(args: argparse.Namespace) -> int:
                             channel_control=args.channel_control)
     try:
         if args.planner:
-            runtime.follow(args.planner, args.node_id)
+            runtime.follow(args.planner, args.node_id, min_rho=args.min_rho)
             print(f"[device] waiting for a plan from {args.planner} ...", file=sys.stderr, flush=True)
             if runtime.watcher.wait_for_plan(args.timeout_s) is None:
-                raise UsageError(f"--planner {args.planner}: no plan within {args.timeout_s:g} s")
+                refused = f" ({runtime.watcher.refused} refused: see the log)" if runtime.watcher.refused else ""
+                raise UsageError(f"--planner {args.planner}: no plan accepted within {args.timeout_s:g} s{refused}")
             if runtime.client is not None:
                 runtime.client.wait_ready(args.timeout_s)
         else:

@@ -25,18 +25,19 @@ from coinfer.errors import UsageError
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
 from coinfer.openmp import release_thread_pool
-from coinfer.defaults import DEFAULT_SYSTEM
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.pruning import Pruner, check_method, check_ratio
 from coinfer.retry import RetryPolicy
 from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES
 from coinfer.split import OUTPUT_GENERATED_TOKENS, OUTPUT_SENTENCE_EMBEDDING, DevicePart, GenerationOptions
+from coinfer.system import default_system
 
 log = logging.getLogger(__name__)
 
-# Where energy is not measured, the device's power model is the planner's default system's.
-DEFAULT_DEVICE_POWER = PowerModel(pue=DEFAULT_SYSTEM["device"]["pue"], power_coeff=DEFAULT_SYSTEM["device"]["power_coeff"])
-DEFAULT_DEVICE_MAX_FREQ_HZ = DEFAULT_SYSTEM["device"]["max_freq_hz"]
+# Where energy is not measured, the device's power model is the default system's (coinfer.system).
+_DEFAULT_DEVICE = default_system().device
+DEFAULT_DEVICE_POWER = PowerModel(pue=_DEFAULT_DEVICE.pue, power_coeff=_DEFAULT_DEVICE.power_coeff)
+DEFAULT_DEVICE_MAX_FREQ_HZ = _DEFAULT_DEVICE.max_freq_hz
 RESEND = RetryPolicy(initial_s=0.02, max_s=0.5, max_attempts=20)
 # Transient failures: the server or the link went away (a reset stream, a restart) or one attempt
 # timed out on a stalled peer. The same request is sent again; the server's reply cache makes sure
@@ -119,10 +120,7 @@ class DeviceRuntime:
             from coinfer.channel.control import ChannelControlClient
 
             self.channel = ChannelControlClient(channel_control)
-        try:
-            plan = DevicePlan(epoch, split, check_ratio(rho), check_method(method), codec, max_freq_hz, None)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        plan = DevicePlan(epoch, split, check_ratio(rho), check_method(method), codec, max_freq_hz, None)
         self.state = self._build(plan)
         self._compute_lock = threading.Lock()   # a device compute, or a swap of state, at a time
         self._apply_lock = threading.Lock()
@@ -164,10 +162,7 @@ class DeviceRuntime:
     def apply(self, epoch: int, split: int, rho: float, method: str, codec: str, freq_hz: float | None = None,
               max_freq_hz: float | None = None, tx_power_w: float | None = None) -> DevicePlan:
         """Move to a new plan: build beside the current state, swap between device computes."""
-        try:
-            rho, method = check_ratio(rho), check_method(method)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        rho, method = check_ratio(rho), check_method(method)  # UsageError naming the value
         if codec not in CODECS:
             raise UsageError(f"codec: unknown codec {codec!r}")
         with self._apply_lock:
@@ -322,11 +317,12 @@ class DeviceRuntime:
             return False  # without a planner no other plan is coming: the caller must hear of it
         return exc.server_epoch is not None and exc.server_epoch != state.plan.epoch
 
-    def follow(self, planner: str, node_id: str = "device", report: bool = True) -> None:
+    def follow(self, planner: str, node_id: str = "device", report: bool = True, min_rho: float = 0.0) -> None:
         """Apply the plans of the planner at `planner` as they come, and report telemetry to it."""
         from coinfer.telemetry import follow_planner
 
-        telemetry, self.watcher = follow_planner(planner, node_id, "device", self.src.name, self._apply_plan, report)
+        telemetry, self.watcher = follow_planner(planner, node_id, "device", self.src.name, self._apply_plan, report,
+                                                  min_rho)
         self.telemetry = telemetry or self.telemetry
 
     def _apply_plan(self, plan) -> None:

@@ -35,7 +35,7 @@ def register(subparsers) -> None:
                         "(default: %(default)s)")
     p.add_argument("--split", default="auto", help="auto (search k = 0..L) or one split point K")
     p.add_argument("--system", metavar="SYSTEM.yaml", help="system file (default: built-in, see "
-                                                           "coinfer.defaults)")
+                                                           "coinfer.system.DEFAULT_SYSTEM)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default: %(default)s)")
     p.add_argument("--decoder-len", type=int, default=None,
@@ -52,8 +52,9 @@ def _json(obj) -> str:
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    from coinfer.planner.scenario import load_yaml, parse_scenario
+    from coinfer.planner.scenario import parse_scenario
     from coinfer.planner.sweep import solve
+    from coinfer.system import load_yaml
 
     scn = parse_scenario(load_yaml(args.scenario))
     if args.scheme:
@@ -95,9 +96,8 @@ def _opt(v, unit) -> str:
 
 def run_plan(args: argparse.Namespace) -> int:
     from coinfer.errors import UsageError
-    from coinfer.defaults import DEFAULT_SYSTEM
-    from coinfer.planner.scenario import load_yaml, parse_system
     from coinfer.planner.sweep import plan_splits
+    from coinfer.system import default_system, load_yaml, parse_system
 
     split = args.split
     if split != "auto":
@@ -108,7 +108,7 @@ def run_plan(args: argparse.Namespace) -> int:
     for name in ("batch", "seq_len"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: must be >= 1")
-    system = parse_system(load_yaml(args.system) if args.system else DEFAULT_SYSTEM)
+    system = parse_system(load_yaml(args.system)) if args.system else default_system()
     from coinfer.models import resolve_model
     from coinfer.planner.profile import profile_model
 

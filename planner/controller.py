@@ -4,11 +4,11 @@ Telemetry samples update smoothed estimates of what the system file can only gue
 (from the device's measured uplink rate and the transmit power in force, inverting R(p)), each side's
 effective FLOPs per cycle (from measured compute time, FLOPs and the frequency it ran at), each side's
 power coefficient (where energy is measured, not modelled), and the runtime's overhead beyond the three
-modelled stages. A quantity that moves beyond `drift` from the value the current plan was solved with,
-for `hysteresis` samples in a row, triggers a re-plan; the estimate is then reset to the median of
-those recent samples (a step change should not wait for an EWMA to crawl to it). Plans are rate
-limited to one per `min_interval_s`, except an operator's; a trigger inside the interval is deferred,
-not lost.
+modelled stages (the estimators are coinfer.planner.estimators'). A quantity that moves beyond `drift`
+from the value the current plan was solved with, for `hysteresis` samples in a row, triggers a re-plan;
+the estimate is then reset to the median of those recent samples (a step change should not wait for
+an EWMA to crawl to it). Plans are rate limited to one per `min_interval_s`, except an operator's; a
+trigger inside the interval is deferred, not lost.
 
 Every plan is solved for the whole split sweep (or the fixed split) with the delay limit reduced by a
 safety margin and the measured overhead, so that measured end-to-end delays, not only modelled ones,
@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import threading
 import time
 import uuid
 
-import numpy as np
-from collections import deque
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable
 
-from coinfer.planner.estimators import Ewma, Hysteresis, gain_from_rate
-from coinfer.planner.scenario import System
+from coinfer.planner.estimators import ComputeModel, Ewma, Tracked, gain_from_rate, power_coeff_from_energy
 from coinfer.protos import planner_pb2 as ppb
+from coinfer.radio import shannon_rate_bps
+from coinfer.system import System
 
 log = logging.getLogger(__name__)
 
@@ -72,85 +70,6 @@ class Estimates:
         return ppb.Estimates(**{k: (v or 0) for k, v in self.__dict__.items()})
 
 
-class _ComputeModel:
-    """One side's compute time as t = t0 F / f + x / C, with x = rho W / f.
-
-    The paper's model is the proportional part alone; on real hardware a forward also has a fixed
-    part (interpreter, kernel launches, what pruning does not shrink), and fitting C to the total
-    makes C fall whenever rho falls, which sends the planner after its own tail. The fixed part is a
-    number of cycles too, so it stretches with the clock: t0 is its time at the maximum frequency F
-    (a model in fixed seconds, fitted at a low cap, over-predicts at a high one, and every plan that
-    moves the clock then looks like compute drift and begets another).
-
-    Fitted by non-negative least squares over the recent samples, in relative error, older samples
-    weighed down by `forgetting` per sample. A clock change alone cannot tell t0 from C (both terms
-    stretch alike), so a weak ridge pulls t0 towards 0: until rho has varied, C explains the time.
-    (A Kalman/RLS update with t0 and C clipped to be non-negative diverged on exactly those
-    collinear samples.)"""
-
-    def __init__(self, flops_per_cycle: float, drift: float, count: int, forgetting: float = 0.9,
-                 fixed_sd_s: float = 0.05, noise: float = 0.05, window: int = 30):
-        self.theta = np.array([0.0, 1.0 / flops_per_cycle])
-        self.fixed_sd_s = fixed_sd_s
-        self.noise = noise  # relative spread of one measured time
-        self.forgetting = forgetting
-        self.samples: deque[tuple[float, float, float]] = deque(maxlen=window)
-        self.hysteresis = Hysteresis(drift, count)
-        self.count = 0
-
-    def predict(self, x: float, fixed_s: float | None, flops_per_cycle: float, slowdown: float = 1.0) -> float:
-        """Seconds for work x at a clock `slowdown` = F / f times below the maximum."""
-        return (fixed_s or 0.0) * slowdown + x / flops_per_cycle
-
-    def observe(self, x: float, seconds: float, slowdown: float = 1.0) -> None:
-        from scipy.optimize import nnls
-
-        self.samples.append((slowdown, x, seconds))
-        self.count += 1
-        n = len(self.samples)
-        data = np.array(self.samples)
-        weight = self.forgetting ** (0.5 * np.arange(n - 1, -1, -1)) / (self.noise * data[:, 2])
-        rows = np.vstack([data[:, :2] * weight[:, None], [1.0 / self.fixed_sd_s, 0.0]])
-        target = np.append(data[:, 2] * weight, 0.0)
-        theta, _ = nnls(rows, target)
-        if theta[1] <= 0:  # all of it fixed cost: no sign of work yet; C from the slope alone
-            theta = np.array([0.0, float(target[:-1] @ rows[:-1, 1] / (rows[:-1, 1] @ rows[:-1, 1]))])
-        self.theta = np.array([theta[0], max(theta[1], 1e-12)])
-
-    @property
-    def flops_per_cycle(self) -> float | None:
-        return 1.0 / self.theta[1] if self.count else None
-
-    @property
-    def fixed_s(self) -> float | None:
-        return float(self.theta[0]) if self.count else None
-
-
-class _Tracked:
-    """One estimated quantity: an EWMA, the recent raw samples, and its change detector."""
-
-    def __init__(self, alpha: float, drift: float, count: int, log_domain: bool = False):
-        self.ewma = Ewma(alpha)
-        self.recent: deque[float] = deque(maxlen=max(count, 3))
-        self.hysteresis = Hysteresis(drift, count)
-        self.log_domain = log_domain
-
-    @property
-    def value(self) -> float | None:
-        v = self.ewma.value
-        return None if v is None else (math.exp(v) if self.log_domain else v)
-
-    def observe(self, raw: float) -> None:
-        self.recent.append(raw)
-        self.ewma.update(math.log(raw) if self.log_domain else raw)
-
-    def jump_to_recent(self) -> None:
-        """After a detected step: the median of the recent samples, not an EWMA halfway there."""
-        value = statistics.median(self.recent)
-        self.ewma = Ewma(self.ewma.alpha)
-        self.ewma.update(math.log(value) if self.log_domain else value)
-
-
 def _same_decision(a: ppb.Plan, b: ppb.Plan, rho_tol: float = 0.02, rel_tol: float = 0.05) -> bool:
     """Whether two plans configure the runtime the same, within what measurement noise can justify."""
     def close(x: float, y: float) -> bool:
@@ -175,12 +94,12 @@ class Controller:
         # FLOPs of a request of another size than the planned workload (analytic, cached)
         self._profile_at = lru_cache(maxsize=256)(profile_at) if profile_at else (lambda b, s: profile)
         s = settings
-        self.gain = _Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
-        self.rate = _Tracked(s.alpha, s.drift, s.hysteresis)  # measured / planned uplink rate
-        self.c_device = _ComputeModel(system.device.flops_per_cycle, s.drift, s.hysteresis)
-        self.c_server = _ComputeModel(system.server.flops_per_cycle, s.drift, s.hysteresis)
-        self.k_device = _Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
-        self.k_server = _Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
+        self.gain = Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
+        self.rate = Tracked(s.alpha, s.drift, s.hysteresis)  # measured / planned uplink rate
+        self.c_device = ComputeModel(system.device.flops_per_cycle, s.drift, s.hysteresis)
+        self.c_server = ComputeModel(system.server.flops_per_cycle, s.drift, s.hysteresis)
+        self.k_device = Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
+        self.k_server = Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
         self.overhead = Ewma(s.alpha)
         self.counts = {"device": 0, "server": 0}
         self.plans: dict[int, ppb.Plan] = {}
@@ -232,8 +151,9 @@ class Controller:
                 if self.c_device.hysteresis.update(planned, sample.compute_s):
                     reasons.append("compute_drift")
             if sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and self.c_device.flops_per_cycle:
-                raw = sample.energy_j / (self.system.device.pue * plan.rho_device * device_seg.flops
-                                         / self.c_device.flops_per_cycle * sample.freq_hz ** 2)
+                raw = power_coeff_from_energy(sample.energy_j, self.system.device.pue,
+                                              plan.rho_device * device_seg.flops, self.c_device.flops_per_cycle,
+                                              sample.freq_hz)
                 self.k_device.observe(raw)
                 if self.k_device.hysteresis.update(self.planned_with.device_power_coeff
                                                    or self.system.device.power_coeff, raw):
@@ -243,8 +163,8 @@ class Controller:
                 rate = 8.0 * sample.bytes_sent / sample.send_s
                 ch = self.system.channel
                 planned_gain = self.planned_with.channel_gain or ch.gain
-                planned_rate = ch.bandwidth_hz * math.log2(1 + planned_gain * sample.tx_power_w
-                                                           / (ch.bandwidth_hz * ch.noise_psd_w_per_hz))
+                planned_rate = shannon_rate_bps(ch.bandwidth_hz, ch.noise_psd_w_per_hz, planned_gain,
+                                                sample.tx_power_w)
                 try:
                     self.gain.observe(gain_from_rate(rate, sample.tx_power_w, ch.bandwidth_hz, ch.noise_psd_w_per_hz))
                 except ValueError:  # a rate the configured bandwidth cannot carry: the system file is off
@@ -281,8 +201,9 @@ class Controller:
                     reasons.append("compute_drift")
             if sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and self.c_server.flops_per_cycle:
                 share = sample.batch / rows
-                raw = sample.energy_j / (self.system.server.pue * plan.rho_server * server_seg.flops * share
-                                         / self.c_server.flops_per_cycle * sample.freq_hz ** 2)
+                raw = power_coeff_from_energy(sample.energy_j, self.system.server.pue,
+                                              plan.rho_server * server_seg.flops * share,
+                                              self.c_server.flops_per_cycle, sample.freq_hz)
                 self.k_server.observe(raw)
                 if self.k_server.hysteresis.update(self.planned_with.server_power_coeff
                                                    or self.system.server.power_coeff, raw):

@@ -9,13 +9,7 @@ import math
 from dataclasses import dataclass
 
 from coinfer.planner.scenario import Scenario
-
-LN2 = math.log(2.0)
-
-
-def rate_bps(p_w: float, bandwidth_hz: float, noise_psd: float, gain: float) -> float:
-    """R(p) = B log2(1 + g p / (B N0))."""
-    return bandwidth_hz * math.log2(1.0 + gain * p_w / (bandwidth_hz * noise_psd))
+from coinfer.radio import LN2, received_snr, shannon_rate_bps, spectral_efficiency
 
 
 @dataclass(frozen=True)
@@ -54,7 +48,7 @@ def evaluate(scn: Scenario, x: Point) -> Costs:
         t_d = cyc / x.f_d
         e_d = dev.pue * dev.power_coeff * cyc * x.f_d ** 2
     if scn.embedding_bits > 0:
-        t_u = scn.embedding_bits / rate_bps(x.p, ch.bandwidth_hz, ch.noise_psd_w_per_hz, ch.gain)
+        t_u = scn.embedding_bits / shannon_rate_bps(ch.bandwidth_hz, ch.noise_psd_w_per_hz, ch.gain, x.p)
         e_u = x.p * t_u
     if scn.server_segment.present:
         srv, cyc = sysm.server, x.rho_s * scn.server_segment.flops / sysm.server.flops_per_cycle
@@ -105,8 +99,7 @@ class Scaled:
 
         c_d, eh_d = comp(scn.device_segment, s.device)
         c_s, eh_s = comp(scn.server_segment, s.server)
-        snr = ch.gain * s.max_tx_power_w / (ch.bandwidth_hz * ch.noise_psd_w_per_hz)
-        r = math.log2(1.0 + snr)
+        r = spectral_efficiency(received_snr(ch.bandwidth_hz, ch.noise_psd_w_per_hz, ch.gain, s.max_tx_power_w))
         c_u = scn.embedding_bits / (ch.bandwidth_hz * r)
         return Scaled(c_d, c_s, c_u, eh_d, eh_s, s.max_tx_power_w * c_u, r)
 

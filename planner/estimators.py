@@ -1,28 +1,31 @@
-"""Estimates of what the system file can only guess, from measured telemetry, and when one has moved.
+"""Estimates of what the system file can only guess, from measured telemetry, and when one has moved:
+the one set the planner's controller (coinfer.planner.controller) uses.
 
-* channel gain g — from the uplink rate measured at the transmit power in force, inverting
-  R(p) = B log2(1 + g p / (B N0));
-* effective FLOPs per cycle C — from FLOPs, compute time and the frequency it ran at (T = W / (C f));
-* power coefficient kappa — from measured energy (E = eta kappa (W / C) f^2), never from modelled energy
-  (that would only give back the kappa it was modelled with).
+* channel gain g — `gain_from_rate`: from the uplink rate measured at the transmit power in force,
+  inverting R(p) = B log2(1 + g p / (B N0)) (coinfer.radio.gain_for_rate);
+* effective FLOPs per cycle C and the fixed time of a forward — `ComputeModel`: from the work, the
+  compute time and the clock it ran at (t = t0 F / f + rho W / (C f));
+* power coefficient kappa — `power_coeff_from_energy`: from measured energy (E = eta kappa (W / C) f^2),
+  never from modelled energy (that would only give back the kappa it was modelled with).
 
-Each estimate is the EWMA, in the log domain (all three are positive and their noise is
-multiplicative), of the median of the last few raw values: the median drops a lone outlier (a request
-that shared the machine with something else), the EWMA smooths what is left. `drifted` and
-`Hysteresis` decide when an estimate has moved enough, for long enough, to re-plan.
+`Tracked` smooths one positive quantity (an EWMA, in the log domain for g and kappa, whose noise is
+multiplicative) and keeps its last raw values, so that after a detected step it can jump to their
+median instead of crawling there. `drifted` and `Hysteresis` decide when a measurement has moved far
+enough from what the plan assumed, for long enough, to re-plan.
 
 Conditioning: g grows exponentially with the rate, so relative noise in a measured rate is multiplied
-by d ln g / d ln R = (R/B) ln 2 * SNR / (1 + SNR) ~ 8.5 at 12 bit/s/Hz. At high SNR judge drift on the
+by d ln g / d ln R = (R/B) ln 2 (1 + SNR) / SNR ~ 8.5 at 12 bit/s/Hz. At high SNR judge drift on the
 rate (what the delay depends on), not on g.
 """
 from __future__ import annotations
 
 import math
 import statistics
-import threading
 from collections import deque
 
-LN2 = math.log(2.0)
+import numpy as np
+
+from coinfer.radio import gain_for_rate
 
 
 class Ewma:
@@ -46,32 +49,6 @@ class Ewma:
         self.value, self.count = None, 0
 
 
-class _LogSmoother:
-    """EWMA in the log domain of the median of the last `window` positive values (thread-safe)."""
-
-    def __init__(self, alpha: float, window: int):
-        if window < 1:
-            raise ValueError(f"median_window must be >= 1, got {window}")
-        self.ewma = Ewma(alpha)
-        self.recent: deque[float] = deque(maxlen=window)
-        self.lock = threading.Lock()
-
-    def update(self, positive: float) -> float:
-        with self.lock:
-            self.recent.append(math.log(positive))
-            return math.exp(self.ewma.update(statistics.median(self.recent)))
-
-    @property
-    def value(self) -> float | None:
-        v = self.ewma.value
-        return None if v is None else math.exp(v)
-
-    def reset(self) -> None:
-        with self.lock:
-            self.ewma.reset()
-            self.recent.clear()
-
-
 def _positive(**values: float) -> None:
     for name, v in values.items():
         try:
@@ -82,136 +59,19 @@ def _positive(**values: float) -> None:
             raise ValueError(f"{name} must be positive and finite, got {v}")
 
 
-def rate_from_gain(gain: float, tx_power_w: float, bandwidth_hz: float, noise_psd_w_per_hz: float) -> float:
-    """R(p) = B log2(1 + g p / (B N0)), bit/s."""
-    _positive(gain=gain, tx_power_w=tx_power_w, bandwidth_hz=bandwidth_hz, noise_psd_w_per_hz=noise_psd_w_per_hz)
-    return bandwidth_hz * math.log1p(gain * tx_power_w / (bandwidth_hz * noise_psd_w_per_hz)) / LN2
-
-
 def gain_from_rate(rate_bps: float, tx_power_w: float, bandwidth_hz: float, noise_psd_w_per_hz: float) -> float:
     """The g for which R(p) = rate_bps: g = (2^(R/B) - 1) B N0 / p. ValueError for non-positive inputs,
     and for a rate beyond double precision (R/B above ~1000 bit/s/Hz: B is then not this link's)."""
     _positive(rate_bps=rate_bps, tx_power_w=tx_power_w, bandwidth_hz=bandwidth_hz,
               noise_psd_w_per_hz=noise_psd_w_per_hz)
     try:
-        gain = math.expm1(rate_bps / bandwidth_hz * LN2) * bandwidth_hz * noise_psd_w_per_hz / tx_power_w
+        gain = gain_for_rate(rate_bps, bandwidth_hz, noise_psd_w_per_hz, tx_power_w)
     except OverflowError:
         gain = math.inf
     if not math.isfinite(gain):
         raise ValueError(f"rate_bps={rate_bps:g} is {rate_bps / bandwidth_hz:g} bit/s/Hz at bandwidth_hz="
                          f"{bandwidth_hz:g}: no finite gain gives it")
     return gain
-
-
-class ChannelEstimator:
-    """Channel gain from (bytes, seconds, transmit power) of each uplink transfer.
-
-    rate = 8 bytes / (seconds - fixed_overhead_s). Transfers under min_bytes (they time overheads, not
-    the channel), non-positive times and rates no gain explains are skipped and counted in `rejected`.
-    """
-
-    def __init__(self, bandwidth_hz: float, noise_psd_w_per_hz: float, alpha: float = 0.3,
-                 min_bytes: int = 16_384, fixed_overhead_s: float = 0.0, median_window: int = 3):
-        _positive(bandwidth_hz=bandwidth_hz, noise_psd_w_per_hz=noise_psd_w_per_hz)
-        if not fixed_overhead_s >= 0:
-            raise ValueError(f"fixed_overhead_s must be non-negative, got {fixed_overhead_s}")
-        self.bandwidth_hz, self.noise_psd_w_per_hz = bandwidth_hz, noise_psd_w_per_hz
-        self.min_bytes, self.fixed_overhead_s = min_bytes, fixed_overhead_s
-        self._smooth = _LogSmoother(alpha, median_window)
-        self.last_rate_bps: float | None = None  # the last accepted raw rate
-        self.rejected = 0
-
-    @property
-    def gain(self) -> float | None:
-        return self._smooth.value
-
-    @property
-    def count(self) -> int:
-        return self._smooth.ewma.count
-
-    def observe(self, bytes_sent: int, seconds: float, tx_power_w: float) -> float | None:
-        if bytes_sent < self.min_bytes:
-            return self.gain  # too small to say anything about the channel; not an error
-        try:
-            _positive(tx_power_w=tx_power_w)
-            transfer_s = seconds - self.fixed_overhead_s
-            _positive(seconds=transfer_s)
-            rate = 8.0 * bytes_sent / transfer_s
-            g = gain_from_rate(rate, tx_power_w, self.bandwidth_hz, self.noise_psd_w_per_hz)
-        except ValueError:
-            self.rejected += 1
-            return self.gain
-        self.last_rate_bps = rate
-        return self._smooth.update(g)
-
-    def rate_bps(self, tx_power_w: float) -> float | None:
-        """R(p) at the estimated gain (None before any estimate)."""
-        g = self.gain
-        return None if g is None else rate_from_gain(g, tx_power_w, self.bandwidth_hz, self.noise_psd_w_per_hz)
-
-    def reset(self) -> None:
-        self._smooth.reset()
-        self.last_rate_bps, self.rejected = None, 0
-
-
-class ComputeEstimator:
-    """Effective FLOPs per cycle, C = flops / (seconds * freq_hz). Under an emulated cap pass the
-    stretched time and the cap: (T F / f) f = T F, the same C as unstretched compute at F."""
-
-    def __init__(self, alpha: float = 0.3, median_window: int = 3):
-        self._smooth = _LogSmoother(alpha, median_window)
-        self.rejected = 0
-
-    @property
-    def flops_per_cycle(self) -> float | None:
-        return self._smooth.value
-
-    @property
-    def count(self) -> int:
-        return self._smooth.ewma.count
-
-    def observe(self, flops: float, seconds: float, freq_hz: float) -> float | None:
-        try:
-            _positive(flops=flops, seconds=seconds, freq_hz=freq_hz)
-        except ValueError:  # e.g. k = 0: no device compute to learn from
-            self.rejected += 1
-            return self.flops_per_cycle
-        return self._smooth.update(flops / (seconds * freq_hz))
-
-    def reset(self) -> None:
-        self._smooth.reset()
-        self.rejected = 0
-
-
-class PowerEstimator:
-    """Power coefficient kappa = E / (pue (flops / C) f^2), from measured (rapl/nvml) energy only.
-    A package or board meter also counts idle power, which the dynamic model has no term for: kappa
-    absorbs it, which is what makes the model predict the meter."""
-
-    def __init__(self, alpha: float = 0.3, median_window: int = 3):
-        self._smooth = _LogSmoother(alpha, median_window)
-        self.rejected = 0
-
-    @property
-    def power_coeff(self) -> float | None:
-        return self._smooth.value
-
-    @property
-    def count(self) -> int:
-        return self._smooth.ewma.count
-
-    def observe(self, joules: float, flops: float, flops_per_cycle: float | None, freq_hz: float,
-                pue: float) -> float | None:
-        try:
-            _positive(joules=joules, flops=flops, flops_per_cycle=flops_per_cycle, freq_hz=freq_hz, pue=pue)
-        except ValueError:  # no C estimate yet, a zero-energy read between counter updates, ...
-            self.rejected += 1
-            return self.power_coeff
-        return self._smooth.update(joules / (pue * (flops / flops_per_cycle) * freq_hz ** 2))
-
-    def reset(self) -> None:
-        self._smooth.reset()
-        self.rejected = 0
 
 
 def drifted(reference: float | None, current: float | None, threshold: float) -> bool:
@@ -251,3 +111,90 @@ class Hysteresis:
 
     def reset(self) -> None:
         self.streak, self._side = 0, 0
+
+
+class Tracked:
+    """One estimated quantity: an EWMA, the recent raw samples, and its change detector."""
+
+    def __init__(self, alpha: float, drift: float, count: int, log_domain: bool = False):
+        self.ewma = Ewma(alpha)
+        self.recent: deque[float] = deque(maxlen=max(count, 3))
+        self.hysteresis = Hysteresis(drift, count)
+        self.log_domain = log_domain
+
+    @property
+    def value(self) -> float | None:
+        v = self.ewma.value
+        return None if v is None else (math.exp(v) if self.log_domain else v)
+
+    def observe(self, raw: float) -> None:
+        self.recent.append(raw)
+        self.ewma.update(math.log(raw) if self.log_domain else raw)
+
+    def jump_to_recent(self) -> None:
+        """After a detected step: the median of the recent samples, not an EWMA halfway there."""
+        value = statistics.median(self.recent)
+        self.ewma = Ewma(self.ewma.alpha)
+        self.ewma.update(math.log(value) if self.log_domain else value)
+
+
+def power_coeff_from_energy(joules: float, pue: float, work_flops: float, flops_per_cycle: float,
+                            freq_hz: float) -> float:
+    """kappa = E / (eta (W / C) f^2), from a measured (rapl/nvml) energy E of work W at clock f. A
+    package or board meter also counts idle power, which the dynamic model has no term for: kappa
+    absorbs it, which is what makes the model predict the meter."""
+    return joules / (pue * work_flops / flops_per_cycle * freq_hz ** 2)
+
+
+class ComputeModel:
+    """One side's compute time as t = t0 F / f + x / C, with x = rho W / f.
+
+    The paper's model is the proportional part alone; on real hardware a forward also has a fixed
+    part (interpreter, kernel launches, what pruning does not shrink), and fitting C to the total
+    makes C fall whenever rho falls, which sends the planner after its own tail. The fixed part is a
+    number of cycles too, so it stretches with the clock: t0 is its time at the maximum frequency F
+    (a model in fixed seconds, fitted at a low cap, over-predicts at a high one, and every plan that
+    moves the clock then looks like compute drift and begets another).
+
+    Fitted by non-negative least squares over the recent samples, in relative error, older samples
+    weighed down by `forgetting` per sample. A clock change alone cannot tell t0 from C (both terms
+    stretch alike), so a weak ridge pulls t0 towards 0: until rho has varied, C explains the time.
+    (A Kalman/RLS update with t0 and C clipped to be non-negative diverged on exactly those
+    collinear samples.)"""
+
+    def __init__(self, flops_per_cycle: float, drift: float, count: int, forgetting: float = 0.9,
+                 fixed_sd_s: float = 0.05, noise: float = 0.05, window: int = 30):
+        self.theta = np.array([0.0, 1.0 / flops_per_cycle])
+        self.fixed_sd_s = fixed_sd_s
+        self.noise = noise  # relative spread of one measured time
+        self.forgetting = forgetting
+        self.samples: deque[tuple[float, float, float]] = deque(maxlen=window)
+        self.hysteresis = Hysteresis(drift, count)
+        self.count = 0
+
+    def predict(self, x: float, fixed_s: float | None, flops_per_cycle: float, slowdown: float = 1.0) -> float:
+        """Seconds for work x at a clock `slowdown` = F / f times below the maximum."""
+        return (fixed_s or 0.0) * slowdown + x / flops_per_cycle
+
+    def observe(self, x: float, seconds: float, slowdown: float = 1.0) -> None:
+        from scipy.optimize import nnls
+
+        self.samples.append((slowdown, x, seconds))
+        self.count += 1
+        n = len(self.samples)
+        data = np.array(self.samples)
+        weight = self.forgetting ** (0.5 * np.arange(n - 1, -1, -1)) / (self.noise * data[:, 2])
+        rows = np.vstack([data[:, :2] * weight[:, None], [1.0 / self.fixed_sd_s, 0.0]])
+        target = np.append(data[:, 2] * weight, 0.0)
+        theta, _ = nnls(rows, target)
+        if theta[1] <= 0:  # all of it fixed cost: no sign of work yet; C from the slope alone
+            theta = np.array([0.0, float(target[:-1] @ rows[:-1, 1] / (rows[:-1, 1] @ rows[:-1, 1]))])
+        self.theta = np.array([theta[0], max(theta[1], 1e-12)])
+
+    @property
+    def flops_per_cycle(self) -> float | None:
+        return 1.0 / self.theta[1] if self.count else None
+
+    @property
+    def fixed_s(self) -> float | None:
+        return float(self.theta[0]) if self.count else None

@@ -23,7 +23,8 @@ import math
 from dataclasses import asdict, dataclass
 
 from coinfer.planner.distortion import CURVE_RATIOS, curve_of, measure_l1_curve
-from coinfer.planner.scenario import Scenario, Segment, System
+from coinfer.planner.scenario import Scenario, Segment
+from coinfer.system import System
 
 INPUT_ID_BITS = 64          # token ids leave the tokenizer as int64 and travel RAW
 

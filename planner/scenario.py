@@ -1,8 +1,9 @@
-"""Scenario and system descriptions: the planner's inputs, parsed strictly from plain dicts (YAML).
+"""Scenario descriptions: one split point of a system, the planner's input, parsed strictly from plain
+dicts (YAML).
 
-A *system* is everything about the hardware, channel, QoS and distortion model; a *scenario* is a
-system plus the two segments of one split point (spec section 7). All numbers are SI units.
-Unknown keys, missing keys and bad values raise UsageError naming the dotted key.
+A *scenario* is a system (coinfer.system: hardware, channel, QoS and distortion model) plus the two
+segments of one split point (spec section 7). All numbers are SI units. Unknown keys, missing keys and
+bad values raise UsageError naming the dotted key.
 
 Beyond section 7: `distortion.model: measured` takes, for each present segment, a key
 `segments.<device|server>.measured: {ratios: [...], l1_removed: [...]}` (the L1 mass removed when a
@@ -10,18 +11,12 @@ ratio of the weights is kept); `coinfer plan` measures these on the loaded weigh
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from coinfer.errors import UsageError
-
-DISTORTION_MODELS = ("rd_bound", "magnitude", "random", "measured")
-# Schemes that are P1 with a block of variables fixed (solvable at one split point).
-P1_SCHEMES = ("joint", "fixed_power", "fixed_frequency", "device_only_pruning", "server_only_pruning")
-# Schemes that fix the split point instead (meaningful only for a split sweep).
-SPLIT_SCHEMES = ("on_device", "on_server")
-SCHEMES = P1_SCHEMES + SPLIT_SCHEMES
+from coinfer.system import (P1_SCHEMES, SYSTEM_KEYS, QoS, System, check_scheme, parse_system, strict_mapping,
+                            strict_number)
 
 
 @dataclass(frozen=True)
@@ -41,52 +36,6 @@ class Segment:
     @property
     def present(self) -> bool:
         return self.flops > 0
-
-
-@dataclass(frozen=True)
-class Processor:
-    max_freq_hz: float      # F_j
-    flops_per_cycle: float  # C_j
-    pue: float              # eta_j
-    power_coeff: float      # kappa_j
-
-
-@dataclass(frozen=True)
-class Channel:
-    bandwidth_hz: float         # B
-    noise_psd_w_per_hz: float   # N0
-    gain: float                 # g
-
-
-@dataclass(frozen=True)
-class QoS:
-    max_delay_s: float
-    max_energy_j: float
-
-
-@dataclass(frozen=True)
-class DistortionSpec:
-    model: str
-    min_ratio: float
-
-
-@dataclass(frozen=True)
-class System:
-    weight_bits: float          # q
-    device: Processor
-    max_tx_power_w: float       # P_max (a device key in YAML)
-    server: Processor
-    channel: Channel
-    qos: QoS
-    distortion: DistortionSpec
-    scheme: str = "joint"
-
-    def to_dict(self) -> dict:
-        dev = asdict(self.device)
-        dev["max_tx_power_w"] = self.max_tx_power_w
-        return {"weight_bits": self.weight_bits, "device": dev, "server": asdict(self.server),
-                "channel": asdict(self.channel), "qos": asdict(self.qos),
-                "distortion": asdict(self.distortion), "scheme": self.scheme}
 
 
 @dataclass(frozen=True)
@@ -121,95 +70,23 @@ class Scenario:
 
 
 # ----------------------------------------------------------------------------------------------
-# strict parsing
-
-def _number(value: Any, key: str, *, positive: bool = False, nonneg: bool = False) -> float:
-    # YAML 1.1 reads "1e-9" (no dot) as a string; accept numeric strings rather than surprise users.
-    if isinstance(value, bool):
-        raise UsageError(f"{key}: expected a number, got {value!r}")
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{key}: expected a number, got {value!r}") from None
-    if not math.isfinite(x):
-        raise UsageError(f"{key}: must be finite, got {value!r}")
-    if positive and not x > 0:
-        raise UsageError(f"{key}: must be > 0, got {value!r}")
-    if nonneg and x < 0:
-        raise UsageError(f"{key}: must be >= 0, got {value!r}")
-    return x
-
-
-def _mapping(value: Any, key: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
-    where = key or "top level"
-    if not isinstance(value, dict):
-        raise UsageError(f"{where}: expected a mapping, got {type(value).__name__}")
-    prefix = f"{key}." if key else ""
-    unknown = [k for k in value if k not in required and k not in optional]
-    if unknown:
-        allowed = ", ".join(required + optional)
-        raise UsageError(f"unknown key {prefix}{unknown[0]} (allowed here: {allowed})")
-    missing = [k for k in required if k not in value]
-    if missing:
-        raise UsageError(f"missing key {prefix}{missing[0]}")
-    return value
-
-
-def check_scheme(value: Any, key: str, allowed: tuple[str, ...] = SCHEMES) -> str:
-    if value not in allowed:
-        raise UsageError(f"{key}: unknown scheme {value!r} (one of {', '.join(allowed)})")
-    return value
-
-
-def _processor(d: Any, key: str, with_tx: bool) -> tuple[Processor, float | None]:
-    req = ("max_freq_hz", "flops_per_cycle", "pue", "power_coeff") + (("max_tx_power_w",) if with_tx else ())
-    d = _mapping(d, key, req)
-    proc = Processor(*(_number(d[k], f"{key}.{k}", positive=True) for k in req[:4]))
-    tx = _number(d["max_tx_power_w"], f"{key}.max_tx_power_w", positive=True) if with_tx else None
-    return proc, tx
-
-
-SYSTEM_KEYS = ("weight_bits", "device", "server", "channel", "qos", "distortion")
-
-
-def parse_system(d: Any, *, scheme_allowed: tuple[str, ...] = SCHEMES, prefix: str = "") -> System:
-    """A system dict (scenario keys without `segments` and `embedding_bits`) -> System."""
-    d = _mapping(d, prefix.rstrip("."), SYSTEM_KEYS, ("scheme",))
-    q = _number(d["weight_bits"], f"{prefix}weight_bits", positive=True)
-    device, tx = _processor(d["device"], f"{prefix}device", True)
-    server, _ = _processor(d["server"], f"{prefix}server", False)
-    ch = _mapping(d["channel"], f"{prefix}channel", ("bandwidth_hz", "noise_psd_w_per_hz", "gain"))
-    channel = Channel(*(_number(ch[k], f"{prefix}channel.{k}", positive=True)
-                        for k in ("bandwidth_hz", "noise_psd_w_per_hz", "gain")))
-    qd = _mapping(d["qos"], f"{prefix}qos", ("max_delay_s", "max_energy_j"))
-    qos = QoS(_number(qd["max_delay_s"], f"{prefix}qos.max_delay_s", positive=True),
-              _number(qd["max_energy_j"], f"{prefix}qos.max_energy_j", positive=True))
-    dd = _mapping(d["distortion"], f"{prefix}distortion", ("model", "min_ratio"))
-    if dd["model"] not in DISTORTION_MODELS:
-        raise UsageError(f"{prefix}distortion.model: unknown model {dd['model']!r} "
-                         f"(one of {', '.join(DISTORTION_MODELS)})")
-    rmin = _number(dd["min_ratio"], f"{prefix}distortion.min_ratio", positive=True)
-    if rmin > 1:
-        raise UsageError(f"{prefix}distortion.min_ratio: must be in (0, 1], got {rmin}")
-    scheme = check_scheme(d.get("scheme", "joint"), f"{prefix}scheme", scheme_allowed)
-    return System(q, device, tx, server, channel, qos, DistortionSpec(dd["model"], rmin), scheme)
-
+# strict parsing (the helpers are coinfer.system's)
 
 def _curve(d: Any, key: str) -> Curve:
-    d = _mapping(d, key, ("ratios", "l1_removed"))
+    d = strict_mapping(d, key, ("ratios", "l1_removed"))
     rs, ys = d["ratios"], d["l1_removed"]
     if not isinstance(rs, list) or not isinstance(ys, list) or len(rs) != len(ys) or len(rs) < 2:
         raise UsageError(f"{key}: ratios and l1_removed must be lists of equal length >= 2")
-    ratios = tuple(_number(r, f"{key}.ratios", nonneg=True) for r in rs)
-    vals = tuple(_number(y, f"{key}.l1_removed", nonneg=True) for y in ys)
+    ratios = tuple(strict_number(r, f"{key}.ratios", nonneg=True) for r in rs)
+    vals = tuple(strict_number(y, f"{key}.l1_removed", nonneg=True) for y in ys)
     if any(r > 1 for r in ratios) or any(b <= a for a, b in zip(ratios, ratios[1:])):
         raise UsageError(f"{key}.ratios: must increase strictly within [0, 1]")
     return Curve(ratios, vals)
 
 
 def _segment(d: Any, key: str, measured: bool) -> Segment:
-    d = _mapping(d, key, ("flops", "params", "weight_scale"), ("measured",))
-    flops, params, scale = (_number(d[k], f"{key}.{k}", nonneg=True) for k in ("flops", "params", "weight_scale"))
+    d = strict_mapping(d, key, ("flops", "params", "weight_scale"), ("measured",))
+    flops, params, scale = (strict_number(d[k], f"{key}.{k}", nonneg=True) for k in ("flops", "params", "weight_scale"))
     curve = None
     if "measured" in d:
         curve = _curve(d["measured"], f"{key}.measured")
@@ -220,28 +97,17 @@ def _segment(d: Any, key: str, measured: bool) -> Segment:
 
 def parse_scenario(d: Any) -> Scenario:
     """A scenario dict (spec section 7) -> Scenario; on_device/on_server are split choices, not here."""
-    d = _mapping(d, "", ("segments", "embedding_bits") + SYSTEM_KEYS, ("scheme",))
+    d = strict_mapping(d, "", ("segments", "embedding_bits") + SYSTEM_KEYS, ("scheme",))
     system = parse_system({k: v for k, v in d.items() if k not in ("segments", "embedding_bits")},
                           scheme_allowed=P1_SCHEMES)
-    segs = _mapping(d["segments"], "segments", ("device", "server"))
+    segs = strict_mapping(d["segments"], "segments", ("device", "server"))
     measured = system.distortion.model == "measured"
     dev = _segment(segs["device"], "segments.device", measured)
     srv = _segment(segs["server"], "segments.server", measured)
-    bits = _number(d["embedding_bits"], "embedding_bits", nonneg=True)
+    bits = strict_number(d["embedding_bits"], "embedding_bits", nonneg=True)
     if not dev.present and not srv.present:
         raise UsageError("segments: device.flops and server.flops are both 0; nothing to run")
     return Scenario(system, dev, srv, bits)
-
-
-def load_yaml(path: str) -> Any:
-    import yaml
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -261,3 +127,19 @@ class Fixes:
     def floor(self, rho_min: float) -> tuple[float, float]:
         """The least ratios the scheme allows (device, server)."""
         return (1.0 if self.rho_d else rho_min), (1.0 if self.rho_s else rho_min)
+
+
+# The example scenario of system-model.md section 7 (one split point, every number explicit): the
+# planner benchmark's and the brute-force tests' reference point.
+SPEC_EXAMPLE_SCENARIO = {
+    "segments": {"device": {"flops": 7.26e9, "params": 2.83e7, "weight_scale": 0.02},
+                 "server": {"flops": 1.45e10, "params": 5.66e7, "weight_scale": 0.02}},
+    "embedding_bits": 1572864, "weight_bits": 16,
+    "device": {"max_freq_hz": 2.0e9, "flops_per_cycle": 8, "pue": 1.0, "power_coeff": 1.0e-28,
+               "max_tx_power_w": 0.2},
+    "server": {"max_freq_hz": 1.5e9, "flops_per_cycle": 1024, "pue": 1.5, "power_coeff": 5.0e-27},
+    "channel": {"bandwidth_hz": 1.0e7, "noise_psd_w_per_hz": 3.98e-21, "gain": 1.0e-9},
+    "qos": {"max_delay_s": 0.35, "max_energy_j": 0.5},
+    "distortion": {"model": "magnitude", "min_ratio": 0.05},
+    "scheme": "joint",
+}

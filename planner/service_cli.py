@@ -36,25 +36,24 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
+    import asyncio
     import sys
 
     from coinfer.errors import UsageError
     from coinfer.models import resolve_model
     from coinfer.planner.controller import Controller, ControllerSettings
-    from coinfer.defaults import DEFAULT_SYSTEM
     from coinfer.planner.profile import profile_from_config, profile_model
-    from coinfer.planner.scenario import load_yaml, parse_system
     from coinfer.planner.service import PlanBroadcast, PlannerService
-    from coinfer.protos import planner_pb2_grpc as ppb_grpc
-    from coinfer.serving import start_grpc_server, wait_for_termination_signal
+    from coinfer import security
+    from coinfer.system import default_system, load_yaml, parse_system
 
+    security.current().check_exposure(args.listen, "--listen")  # before profiling the model
     split = args.split if args.split == "auto" else _int(args.split, "--split")
     if args.batch < 1 or args.seq_len < 1:
         raise UsageError("--batch and --seq-len must be >= 1")
     if not 0 <= args.delay_margin < 1 or args.drift <= 0 or args.hysteresis < 1 or args.min_interval_s < 0:
         raise UsageError("--delay-margin in [0, 1), --drift > 0, --hysteresis >= 1, --min-interval-s >= 0")
-    system = parse_system(load_yaml(args.system) if args.system else DEFAULT_SYSTEM)
+    system = parse_system(load_yaml(args.system)) if args.system else default_system()
     src = resolve_model(args.model)
     print(f"[planner] profiling {src.name} for batch {args.batch} x {args.seq_len} tokens ...", file=sys.stderr,
           flush=True)
@@ -69,16 +68,29 @@ def run(args: argparse.Namespace) -> int:
 
     service = PlannerService(controller, broadcast)
     try:
-        served = start_grpc_server(lambda server: ppb_grpc.add_PlannerServicer_to_server(service, server),
-                                   args.listen, workers=32, thread_prefix="coinfer-planner")
+        return asyncio.run(_serve(service, broadcast, args.listen))
+    finally:
+        service.close()
+
+
+async def _serve(service, broadcast, listen: str) -> int:
+    import asyncio
+    import logging
+
+    from coinfer.errors import UsageError
+    from coinfer.protos import planner_pb2_grpc as ppb_grpc
+    from coinfer.serving import start_grpc_server, termination_signal
+
+    broadcast.bind(asyncio.get_running_loop())
+    try:
+        served = await start_grpc_server(lambda server: ppb_grpc.add_PlannerServicer_to_server(service, server),
+                                         listen)
     except OSError as exc:
-        raise UsageError(f"--listen {args.listen}: {exc}") from None
-    print(f"listening on {args.listen.rpartition(':')[0]}:{served.port}", flush=True)
-    logging.getLogger(__name__).info("first plan: %s", controller.plan)
-    wait_for_termination_signal()
-    stopped = served.stop(2)
-    broadcast.close()
-    stopped.wait()
+        raise UsageError(str(exc)) from None
+    print(f"listening on {listen.rpartition(':')[0]}:{served.port}", flush=True)
+    logging.getLogger(__name__).info("first plan: %s", service.controller.plan)
+    await termination_signal()
+    await served.stop(2, before_close=broadcast.close)
     return 0
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 
 from coinfer.errors import UsageError
 from coinfer.planner.result import Solution
-from coinfer.planner.scenario import P1_SCHEMES, Scenario, System, check_scheme, parse_system
+from coinfer.planner.scenario import Scenario
+from coinfer.system import P1_SCHEMES, System, check_scheme, parse_system
 
 SOLVERS = ("convex", "sca")
 

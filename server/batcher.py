@@ -7,7 +7,8 @@ With the default delay of 0 a lone request starts at once, and batches form by t
 model is busy, so batching costs a single device no latency.
 
 A request whose own rows come out non-finite fails alone; if a whole batch raises, its requests are
-re-run one by one so that only the request at fault fails.
+re-run one by one so that only the request at fault fails. A request whose future is cancelled while it
+waits (its caller went away) leaves the queue and is never computed.
 """
 from __future__ import annotations
 
@@ -95,12 +96,24 @@ class DynamicBatcher:
 
     def submit(self, state, x: torch.Tensor, mask: torch.Tensor, generation: GenerationOptions) -> Future:
         future: Future = Future()
+        item = _Item(state, x, mask, generation, time.perf_counter(), future)
         with self._cond:
             if self._stopped:
                 raise RuntimeError("the batcher is stopped")
-            self._queue.append(_Item(state, x, mask, generation, time.perf_counter(), future))
+            self._queue.append(item)
             self._cond.notify()
+        future.add_done_callback(lambda done: done.cancelled() and self._discard(item))
         return future
+
+    def _discard(self, item: _Item) -> None:
+        with self._cond:
+            try:
+                self._queue.remove(item)
+            except ValueError:
+                pass  # already taken: the worker skips it
+
+    def __len__(self) -> int:
+        return len(self._queue)
 
     def stop(self) -> None:
         with self._cond:
@@ -137,6 +150,10 @@ class DynamicBatcher:
             batch = self._take_batch()
             if batch is None:
                 return
+            # from here a request can no longer be cancelled; one cancelled just now is dropped
+            batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             started = time.perf_counter()
             try:
                 self._compute(batch, started)

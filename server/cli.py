@@ -5,6 +5,9 @@ import argparse
 
 from coinfer.options import add_model_arguments
 
+# the service's limits, repeated here as literals so that `coinfer --help` imports no grpc or torch
+DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_QUEUED = 4096, 64, 4096
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -21,8 +24,14 @@ def register(subparsers) -> None:
                         help="precision of the server half's weights and compute; answers are float32 "
                              "either way. auto: fp32 on the CPU, bf16 (else fp16) on CUDA; fp16 needs CUDA "
                              "(default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=16,
-                        help="gRPC worker threads: bounds the concurrent calls/streams (default: %(default)s)")
+    parser.add_argument("--max-streams", type=int, default=DEFAULT_MAX_STREAMS,
+                        help="device streams held open at once; one more is refused with RESOURCE_EXHAUSTED "
+                             "(an idle stream costs memory, no thread) (default: %(default)s)")
+    parser.add_argument("--max-streams-per-connection", type=int, default=DEFAULT_MAX_STREAMS_PER_CONNECTION,
+                        help="streams one client connection may hold (default: %(default)s)")
+    parser.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED,
+                        help="requests accepted and not yet answered; one more is refused with "
+                             "RESOURCE_EXHAUSTED (default: %(default)s)")
     parser.add_argument("--max-batch-size", type=int, default=8,
                         help="sequences computed together at most; 1 turns batching off (default: %(default)s)")
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0,
@@ -30,6 +39,10 @@ def register(subparsers) -> None:
                              "starts at once and batches only what queued while busy (default: %(default)s)")
     parser.add_argument("--planner", metavar="HOST:PORT",
                         help="follow this planner's plans (split, rho, frequency cap) and report telemetry to it")
+    parser.add_argument("--min-rho", type=float, default=0.0,
+                        help="refuse a planner's plan that would prune this half below this ratio (the last "
+                             "good plan stays in force; plans that say they are infeasible are always "
+                             "refused) (default: %(default)s)")
     parser.add_argument("--node-id", default="server", help="name in telemetry (default: %(default)s)")
     parser.add_argument("--metrics-listen", metavar="HOST:PORT",
                         help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics")
@@ -46,7 +59,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
+    import asyncio
     import sys
 
     import torch
@@ -54,21 +67,25 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.errors import UsageError
     from coinfer.models import resolve_model
     from coinfer.pruning import check_method, check_ratio
-    from coinfer.server.app import start_server
-    from coinfer.serving import wait_for_termination_signal
+    from coinfer.server.app import ServerLimits
     from coinfer.server.half import ServerHalf, pick_device, resolve_dtype
     from coinfer.split import check_split
 
+    from coinfer import security
+
+    # refused before minutes of loading: an exposed address needs TLS or a token (or --insecure)
+    security.current().check_exposure(args.listen, "--listen")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.max_batch_size < 1 or args.max_queue_delay_ms < 0:
         raise UsageError("--max-batch-size must be >= 1 and --max-queue-delay-ms >= 0")
-    try:
-        check_ratio(args.rho, "--rho")
-        check_method(args.prune_method)
-        resolve_dtype(args.dtype, pick_device(args.device))  # before loading anything
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    for option in ("max_streams", "max_streams_per_connection", "max_queued"):
+        if getattr(args, option) < 1:
+            raise UsageError(f"--{option.replace('_', '-')} must be >= 1")
+    limits = ServerLimits(args.max_streams, args.max_streams_per_connection, args.max_queued)
+    check_ratio(args.rho, "--rho")
+    check_method(args.prune_method)
+    resolve_dtype(args.dtype, pick_device(args.device))  # before loading anything
     src = resolve_model(args.model, seed=args.seed)
     check_split(src, args.split)
     print(f"[server] loading blocks {args.split + 1}..{src.num_blocks} of {src.name} ...", file=sys.stderr, flush=True)
@@ -80,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[server] frequency caps are emulated ({half.freq.reason}); energy from {half.meter.source}",
               file=sys.stderr, flush=True)
     if args.planner:
-        half.follow(args.planner, args.node_id)
+        half.follow(args.planner, args.node_id, min_rho=args.min_rho)
     metrics = None
     if args.metrics_listen:
         from coinfer.server.metrics import ServerMetrics
@@ -91,17 +108,32 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise UsageError(f"--metrics-listen {args.metrics_listen}: {exc}") from None
     try:
-        running = start_server(half, args.listen, args.max_message_mb * 1024 * 1024, args.workers,
-                               args.max_batch_size, args.max_queue_delay_ms / 1e3, half.telemetry, metrics)
-    except (OSError, RuntimeError) as exc:
-        raise UsageError(f"--listen {args.listen}: {exc}") from None
+        return asyncio.run(_serve(half, args, limits, metrics))
+    finally:
+        if metrics is not None:
+            metrics.stop()
+
+
+async def _serve(half, args, limits, metrics) -> int:
+    import logging
+    import sys
+
+    from coinfer.errors import UsageError
+    from coinfer.server.app import start_server
+    from coinfer.serving import termination_signal
+
+    try:
+        running = await start_server(half, args.listen, args.max_message_mb * 1024 * 1024, args.max_batch_size,
+                                     args.max_queue_delay_ms / 1e3, half.telemetry, metrics, limits)
+    except OSError as exc:
+        raise UsageError(str(exc)) from None
     host = args.listen.rpartition(":")[0]
     print(f"listening on {host}:{running.port}", flush=True)
-    logging.getLogger(__name__).info("serving %s k=%d rho=%.3f on %s", src.name, args.split, args.rho, half.device)
-    wait_for_termination_signal()
+    logging.getLogger(__name__).info("serving %s k=%d rho=%.3f on %s", half.src.name, half.plan.split,
+                                     half.plan.rho, half.device)
+    await termination_signal()
     half.stop_following()
-    running.stop(args.grace_s)
+    await running.stop(args.grace_s)
     half.close_telemetry()
     print("[server] stopped", file=sys.stderr, flush=True)
     return 0
-

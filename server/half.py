@@ -23,18 +23,20 @@ from dataclasses import dataclass
 import torch
 
 from coinfer.energy import EnergyReading, PowerModel, make_meter
+from coinfer.errors import UsageError
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
 from coinfer.openmp import release_thread_pool, single_threaded_here
-from coinfer.defaults import DEFAULT_SYSTEM
 from coinfer.pruning import Pruner, check_method, check_ratio
 from coinfer.split import GenerationOptions, ServerPart, check_split
+from coinfer.system import default_system
 
 log = logging.getLogger(__name__)
 
-# Where energy is not measured, the server's power model is the planner's default system's.
-DEFAULT_SERVER_POWER = PowerModel(pue=DEFAULT_SYSTEM["server"]["pue"], power_coeff=DEFAULT_SYSTEM["server"]["power_coeff"])
-DEFAULT_SERVER_MAX_FREQ_HZ = DEFAULT_SYSTEM["server"]["max_freq_hz"]
+# Where energy is not measured, the server's power model is the default system's (coinfer.system).
+_DEFAULT_SERVER = default_system().server
+DEFAULT_SERVER_POWER = PowerModel(pue=_DEFAULT_SERVER.pue, power_coeff=_DEFAULT_SERVER.power_coeff)
+DEFAULT_SERVER_MAX_FREQ_HZ = _DEFAULT_SERVER.max_freq_hz
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if name not in DTYPES:
-        raise ValueError(f"--dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
+        raise UsageError(f"--dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
     if name == "fp16" and device.type != "cuda":
-        raise ValueError(f"--dtype fp16 needs a CUDA device; the server half runs on {device} "
+        raise UsageError(f"--dtype fp16 needs a CUDA device; the server half runs on {device} "
                          "(use --dtype bf16 or fp32 there)")
     return DTYPES[name]
 
@@ -165,12 +167,13 @@ class ServerHalf:
             release_thread_pool()  # applied on the plan watcher's thread, which computes nothing else
             return plan
 
-    def follow(self, planner: str, node_id: str = "server") -> None:
+    def follow(self, planner: str, node_id: str = "server", min_rho: float = 0.0) -> None:
         """Apply the plans of the planner at `planner` as they come (as the device runtime does), and
         keep a NodeTelemetry for it in `self.telemetry` (the service reports each answered request)."""
         from coinfer.telemetry import follow_planner
 
-        self.telemetry, self.watcher = follow_planner(planner, node_id, "server", self.src.name, self._apply_plan)
+        self.telemetry, self.watcher = follow_planner(planner, node_id, "server", self.src.name, self._apply_plan,
+                                                      min_rho=min_rho)
 
     def _apply_plan(self, plan) -> None:
         """A planner's plan (called by the PlanWatcher, one plan at a time)."""

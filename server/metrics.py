@@ -2,11 +2,19 @@
 
 Each server process has its own registry, served over HTTP by `--metrics-listen HOST:PORT` at
 /metrics: requests by outcome (gRPC status), server-side latency (queue + compute), batch sizes,
-requests computed and answered from the reply cache, and the plan epoch in force.
+requests computed and answered from the reply cache, and the plan epoch in force. When the process
+has a token (--token / COINFER_TOKEN), /metrics asks for it too (`Authorization: Bearer <token>`, which
+Prometheus sends with `authorization: {credentials: ...}`), and answers 401 without it.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from coinfer import security
 
 from coinfer.rpc import split_address
 
@@ -35,5 +43,28 @@ class ServerMetrics:
         self.requests.labels(code=code_name).inc()
 
     def serve(self, address: str) -> None:
+        """Serve /metrics on `address` from a daemon thread (prometheus_client's WSGI app)."""
         host, port = split_address(address)
-        start_http_server(port, addr=host, registry=self.registry)
+        settings = security.current()
+        settings.check_exposure(address, "--metrics-listen")
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ, start_response):
+            if not settings.token_ok(environ.get("HTTP_AUTHORIZATION")):
+                start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                                    ("WWW-Authenticate", "Bearer")])
+                return [b"authorization: missing or wrong token\n"]
+            return metrics_app(environ, start_response)
+
+        self._http = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+        threading.Thread(target=self._http.serve_forever, name="coinfer-metrics", daemon=True).start()
+
+    def stop(self) -> None:
+        if getattr(self, "_http", None) is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # one line per scrape on stderr is noise
+        pass

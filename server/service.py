@@ -1,16 +1,22 @@
-"""The CoInference gRPC service: validate a request, run the server half, answer.
+"""The CoInference gRPC service on asyncio: validate a request, queue it for the server half, answer.
 
 Every refusal carries the right status code and a message that names the field. Inside
 `InferStream` a failed request is answered with an `error` reply and the stream stays open, so one
-bad request never costs a device its other requests.
+bad request never costs a device its other requests. A waiting stream is a suspended coroutine:
+open streams are bounded by `--max-streams` (and per connection), not by threads. Decoding and checks
+run on a small executor, forwards on the batcher's thread; the event loop only moves messages.
+A request whose caller went away (cancelled, deadline passed, stream closed) leaves the queue and is
+never computed.
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
-import queue
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -20,11 +26,11 @@ from google.protobuf.message import DecodeError
 from coinfer.codecs import WireError, decode, encode
 from coinfer.openmp import single_threaded_here
 from coinfer.protos import coinfer_pb2 as pb
-from coinfer.protos import coinfer_pb2_grpc as pb_grpc
 from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, EPOCH_METADATA
 from coinfer.server.batcher import BatchItemError, DynamicBatcher
 from coinfer.server.half import ServerHalf
-from coinfer.server.replies import ReplyCache
+from coinfer.server.replies import ReplyCache, ReplyConflict
+from coinfer.serving import StreamLimits, blocking_executor
 from coinfer.split import GenerationOptions
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,10 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256
 MAX_NEW_TOKENS = 1024
 MAX_BEAMS = 16
+MAX_REQUEST_ID_BYTES = 128
+DEFAULT_MAX_STREAMS = 4096
+DEFAULT_MAX_STREAMS_PER_CONNECTION = 64
+DEFAULT_MAX_QUEUED = 4096
 _END_OF_REQUESTS = object()
 _DRAIN = object()
 
@@ -47,33 +57,45 @@ def _invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def _failed(exc: RequestError) -> Future:
+@dataclass(frozen=True)
+class Received:
+    """What arrived: the parsed request (None if the bytes were no InferRequest, with `error` saying
+    why) and a digest of its bytes, which the reply cache checks a repeated request_id against."""
+    request: pb.InferRequest | None
+    digest: bytes
+    error: str = ""
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id if self.request is not None else ""
+
+
+def parse_request(data: bytes) -> Received:
+    """The service parses requests itself: gRPC's own deserialiser answers INTERNAL and, on a stream,
+    ends the stream and every request in flight on it."""
+    digest = hashlib.blake2b(data, digest_size=16).digest()
+    try:
+        return Received(pb.InferRequest.FromString(data), digest)
+    except DecodeError as exc:
+        return Received(None, digest, str(exc))
+
+
+@dataclass(eq=False)
+class Pending:
+    """One accepted request: the future of its reply and, when this call queued it, of its compute."""
+    request_id: str
+    reply: Future
+    batch: Future | None = None
+
+
+def _failed(request_id: str, exc: RequestError) -> Pending:
     future: Future = Future()
     future.set_exception(exc)
-    return future
+    return Pending(request_id, future)
 
 
-class UnparsedRequest:
-    """Bytes that are not an InferRequest. The service refuses them itself, with INVALID_ARGUMENT:
-    gRPC's own deserialiser answers INTERNAL and, on a stream, ends the stream and every request in
-    flight on it."""
-
-    request_id = ""
-    plan_epoch = 0
-
-    def __init__(self, error: str):
-        self.error = error
-
-
-def parse_request(data: bytes):
-    try:
-        return pb.InferRequest.FromString(data)
-    except DecodeError as exc:
-        return UnparsedRequest(str(exc))
-
-
-def add_to_server(service: "CoInferenceService", server: grpc.Server) -> None:
-    """pb_grpc.add_CoInferenceServicer_to_server, with requests parsed by `parse_request`."""
+def add_to_server(service: "CoInferenceService", server: grpc.aio.Server) -> None:
+    """The CoInference handlers, with requests parsed by `parse_request`."""
     name = pb.DESCRIPTOR.services_by_name["CoInference"].full_name
     handlers = {
         "Infer": grpc.unary_unary_rpc_method_handler(
@@ -87,36 +109,57 @@ def add_to_server(service: "CoInferenceService", server: grpc.Server) -> None:
             response_serializer=pb.ServerInfo.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-    server.add_registered_method_handlers(name, handlers)
 
 
-class CoInferenceService(pb_grpc.CoInferenceServicer):
+def _settled(future: Future, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    """An asyncio future that completes (with None) when `future` does. Cancelling it leaves `future`
+    alone: a reply may be shared with a retry of the same request."""
+    waiter = loop.create_future()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(wake))
+    return waiter
+
+
+class CoInferenceService:
     def __init__(self, half: ServerHalf, batcher: DynamicBatcher,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_batch: int = MAX_BATCH,
-                 max_in_flight_per_stream: int = 32, telemetry=None, metrics=None):
+                 max_in_flight_per_stream: int = 32, telemetry=None, metrics=None,
+                 max_streams: int = DEFAULT_MAX_STREAMS,
+                 max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION,
+                 max_queued: int = DEFAULT_MAX_QUEUED, decode_workers: int = 2):
         self.half = half
         self.metrics = metrics  # a ServerMetrics, when the process exports Prometheus metrics
-        self.telemetry = telemetry  # a ServerTelemetry, when a planner listens
+        self.telemetry = telemetry  # a NodeTelemetry, when a planner listens
         self.batcher = batcher
         self.max_message_bytes = max_message_bytes
         self.max_batch = max_batch
         self.max_in_flight_per_stream = max_in_flight_per_stream
+        self.max_queued = max_queued
+        self.streams = StreamLimits(max_streams, max_streams_per_connection, "InferStream")
         self.replies = ReplyCache()
         self.computed = 0  # requests this server computed (a cached answer is not counted again)
+        self.abandoned = 0  # requests whose caller went away before they were computed
+        self._queued = 0    # accepted and not yet answered
         self._count_lock = threading.Lock()
-        self._draining = threading.Event()
-        self._streams: set[queue.Queue] = set()  # each open stream's event queue
-        self._streams_lock = threading.Lock()
+        self._draining = False
+        self._outboxes: set[asyncio.Queue] = set()  # each open stream's event queue
+        self._pool = blocking_executor(decode_workers, "coinfer-decode")
 
     def drain(self) -> None:
-        """Shutting down: refuse new requests as UNAVAILABLE (transient) and end each stream once nothing
-        is in flight on it. A device holds its stream open for good, so otherwise the server would wait
-        out its whole grace period; the device sees the stream end and opens another (elsewhere, or
-        here once the server is back)."""
-        self._draining.set()
-        with self._streams_lock:
-            for events in self._streams:
-                events.put((_DRAIN, None))
+        """Shutting down (on the event loop): refuse new requests as UNAVAILABLE (transient) and end each
+        stream once nothing is in flight on it. A device holds its stream open for good, so otherwise the
+        server would wait out its whole grace period; the device sees the stream end and opens another
+        (elsewhere, or here once the server is back)."""
+        self._draining = True
+        for outbox in self._outboxes:
+            outbox.put_nowait(_DRAIN)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # --- validation --------------------------------------------------------------------------
     def _inputs(self, request: pb.InferRequest, state) -> tuple[torch.Tensor, torch.Tensor, GenerationOptions]:
@@ -245,106 +288,157 @@ class CoInferenceService(pb_grpc.CoInferenceServicer):
         return pb.InferReply(request_id=request_id, plan_epoch=self.half.plan.epoch,
                              error=pb.Error(code=exc.code.value[0], message=exc.message))
 
-    def _start(self, request: pb.InferRequest) -> Future:
-        """A future of the request's reply (it raises RequestError on failure). A retry of a request
-        already answered, or still being computed, gets that same reply: nothing is computed twice."""
-        if isinstance(request, UnparsedRequest):
-            return _failed(_invalid(f"request: not an InferRequest ({request.error})"))
-        if self._draining.is_set():
+    def _start(self, received: Received) -> Pending:
+        """Accept one request (on the decode executor). A retry of a request already answered, or still
+        being computed, gets that same reply: nothing is computed twice. The same request_id with other
+        bytes is refused: it is another request, and must never get this one's answer."""
+        request = received.request
+        if request is None:
+            return _failed("", _invalid(f"request: not an InferRequest ({received.error})"))
+        request_id = request.request_id
+        id_bytes = len(request_id.encode())
+        if id_bytes > MAX_REQUEST_ID_BYTES:
+            return _failed(request_id[:MAX_REQUEST_ID_BYTES],
+                           _invalid(f"request_id: at most {MAX_REQUEST_ID_BYTES} bytes, got {id_bytes}"))
+        if self._draining:
             # a request on a stream being drained: transient, so the device re-sends it (on a new
             # stream, to the server that takes over) instead of keeping this one busy till the end
-            return _failed(RequestError(grpc.StatusCode.UNAVAILABLE, "request: the server is shutting down; re-send it"))
-        key = (request.request_id, request.plan_epoch)
-        reply, owner = self.replies.claim(key)
+            return _failed(request_id, RequestError(grpc.StatusCode.UNAVAILABLE,
+                                                    "request: the server is shutting down; re-send it"))
+        key = (request_id, request.plan_epoch)
+        try:
+            reply, owner = self.replies.claim(key, received.digest)
+        except ReplyConflict:
+            return _failed(request_id, RequestError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id: {request_id!r} was already used under epoch {request.plan_epoch} for a "
+                "request with other contents; a new request needs a new id"))
         if not owner:
             if self.metrics is not None:
                 self.metrics.cache_hits.inc()
-            return reply
+            return Pending(request_id, reply)
+        with self._count_lock:
+            full = self._queued >= self.max_queued
+            if not full:
+                self._queued += 1
+        if full:
+            self.replies.release(key)
+            reply.set_exception(RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request: {self._queued} requests are queued here, the limit (--max-queued "
+                f"{self.max_queued}); retry later"))
+            return Pending(request_id, reply)
         try:
             batch_future, decode_s = self._submit(request)
-        except RequestError as exc:
+        except Exception as exc:
+            self._unqueue()
             self.replies.release(key)  # a refused request is not an answer to remember
+            if not isinstance(exc, RequestError):  # a bug; the reply must still end
+                log.exception("request %s: accepting it failed", request_id[:40])
+                exc = RequestError(grpc.StatusCode.INTERNAL, f"request: the server failed: {exc!r}")
             reply.set_exception(exc)
-            return reply
-        except Exception as exc:  # a bug; the future must still end, or a stream waits for it forever
-            log.exception("request %s: accepting it failed", request.request_id[:40])
-            self.replies.release(key)
-            reply.set_exception(RequestError(grpc.StatusCode.INTERNAL, f"request: the server failed: {exc!r}"))
-            return reply
+            return Pending(request_id, reply)
 
         def finish(done: Future) -> None:
+            self._unqueue()
             try:
-                reply.set_result(self._reply(request, done, decode_s))
+                if done.cancelled():
+                    raise RequestError(grpc.StatusCode.CANCELLED,
+                                       "request: its caller went away before it was computed")
+                answer = self._reply(request, done, decode_s)
                 with self._count_lock:
                     self.computed += 1
+                reply.set_result(answer)
             except RequestError as exc:
                 self.replies.release(key)
                 reply.set_exception(exc)
-            except Exception as exc:  # as above: never leave the reply unresolved
-                log.exception("request %s: answering it failed", request.request_id[:40])
+            except Exception as exc:  # never leave the reply unresolved
+                log.exception("request %s: answering it failed", request_id[:40])
                 self.replies.release(key)
                 reply.set_exception(RequestError(grpc.StatusCode.INTERNAL, f"request: the server failed: {exc!r}"))
 
         batch_future.add_done_callback(finish)
-        return reply
+        return Pending(request_id, reply, batch_future)
 
-    def Infer(self, request, context):
+    def _unqueue(self) -> None:
+        with self._count_lock:
+            self._queued -= 1
+
+    def _abandon(self, pending: Pending) -> None:
+        """Its caller went away: if it is still queued, it leaves the queue uncomputed."""
+        if pending.batch is not None and pending.batch.cancel():
+            with self._count_lock:
+                self.abandoned += 1
+
+    async def _accept(self, received: Received) -> Pending:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._start, received)
+
+    async def Infer(self, received: Received, context: grpc.aio.ServicerContext) -> pb.InferReply:
+        pending = await self._accept(received)
         try:
-            return self._start(request).result()
+            await _settled(pending.reply, asyncio.get_running_loop())
+        except asyncio.CancelledError:  # the caller cancelled, or its deadline passed
+            self._abandon(pending)
+            raise
+        try:
+            return pending.reply.result()
         except RequestError as exc:
             # the epoch held travels with every refusal, so a device can tell "re-send" from "wait"
             context.set_trailing_metadata(((EPOCH_METADATA, str(self.half.plan.epoch)),))
             if self.metrics is not None:
                 self.metrics.refused(exc.code.name)
-            context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message)
 
-    def InferStream(self, request_iterator, context):
+    async def InferStream(self, requests, context: grpc.aio.ServicerContext) -> None:
         """Requests of one stream may be in flight together (and batch together); replies go out as
         they complete, matched by request_id. At most `max_in_flight_per_stream` wait at once."""
-        events: queue.Queue = queue.Queue()
-        slots = threading.BoundedSemaphore(self.max_in_flight_per_stream)
-        read = [0]  # requests taken off the stream so far
+        release = await self.streams.admit(context)
+        loop = asyncio.get_running_loop()
+        outbox: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(self.max_in_flight_per_stream)
+        in_flight: set[Pending] = set()
 
-        def read_requests() -> None:
-            submitted = 0
+        async def read() -> None:
             try:
-                for request in request_iterator:
-                    slots.acquire()  # back-pressure: stop reading while the stream has too much in flight
-                    submitted += 1
-                    read[0] = submitted
-                    # the id only: the reply's future lives on in the reply cache, and this callback with it
-                    # (holding the request kept every request's tensors for the cache's lifetime)
-                    self._start(request).add_done_callback(lambda f, rid=request.request_id: events.put((rid, f)))
+                async for received in requests:
+                    await slots.acquire()  # back-pressure: stop reading while too much is in flight
+                    pending = await self._accept(received)
+                    in_flight.add(pending)
+                    pending.reply.add_done_callback(
+                        lambda _, p=pending: loop.call_soon_threadsafe(outbox.put_nowait, p))
             except grpc.RpcError:
-                pass  # the client went away; what is in flight finishes and is dropped
+                pass  # the client went away; the stream's end abandons what is in flight
             finally:
-                events.put((_END_OF_REQUESTS, submitted))
+                outbox.put_nowait(_END_OF_REQUESTS)
 
-        with self._streams_lock:
-            self._streams.add(events)
-        threading.Thread(target=read_requests, name="coinfer-stream-requests", daemon=True).start()
-        answered, total = 0, None
+        self._outboxes.add(outbox)
+        reader = asyncio.create_task(read())
         try:
-            while total is None or answered < total:
-                if self._draining.is_set() and answered == read[0]:
+            ended = False
+            while not ended or in_flight:
+                if self._draining and not in_flight:
                     return  # shutting down, nothing in flight: end the stream (see drain)
-                request_id, outcome = events.get()
-                if request_id is _DRAIN:
+                item = await outbox.get()
+                if item is _DRAIN:
                     continue
-                if request_id is _END_OF_REQUESTS:
-                    total = outcome
+                if item is _END_OF_REQUESTS:
+                    ended = True
                     continue
-                answered += 1
+                in_flight.discard(item)
                 slots.release()
                 try:
-                    yield outcome.result()
+                    reply = item.reply.result()
                 except RequestError as exc:
-                    yield self._error_reply(request_id, exc)
+                    reply = self._error_reply(item.request_id, exc)
+                await context.write(reply)
         finally:
-            with self._streams_lock:
-                self._streams.discard(events)
+            reader.cancel()
+            for pending in in_flight:
+                self._abandon(pending)
+            self._outboxes.discard(outbox)
+            release()
 
-    def Info(self, request, context):
+    async def Info(self, request, context) -> pb.ServerInfo:
         plan, src = self.half.plan, self.half.src
         return pb.ServerInfo(model_id=src.name, family=src.family, num_blocks=src.num_blocks,
                              split_point=plan.split, plan_epoch=plan.epoch, rho=plan.rho,

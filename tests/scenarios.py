@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 
-from coinfer.defaults import SPEC_EXAMPLE_SCENARIO
+from coinfer.planner.scenario import SPEC_EXAMPLE_SCENARIO
 
 BASE = copy.deepcopy(SPEC_EXAMPLE_SCENARIO)
 

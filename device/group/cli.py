@@ -86,15 +86,16 @@ def _per_device(values, n: int, default: float, flag: str) -> list[float]:
 def build_plan(args: argparse.Namespace, src, seq_len: int):
     """The planner's view of this group: devices, channel, assignment, design, expected MSE and latency."""
     from coinfer.errors import UsageError
-    from coinfer.device.group.ranks import design as planning
+    from coinfer.device.group import design as planning
+    from coinfer.radio import dbm_per_hz_to_w_per_hz, path_loss_gain
 
     n = args.devices
     gflops = _per_device(args.gflops, n, 50.0, "--gflops")
     distances = _per_device(args.distances_m, n, planning.DEFAULT_DISTANCE_M, "--distances-m")
     try:
-        devices = [planning.GroupDevice(g * 1e9, planning.path_loss_gain(d), args.tx_power_w)
+        devices = [planning.GroupDevice(g * 1e9, path_loss_gain(d), args.tx_power_w)
                    for g, d in zip(gflops, distances)]
-        channel = planning.GroupChannel(args.bandwidth_hz, planning.dbm_per_hz_to_w(args.noise_psd_dbm_hz))
+        channel = planning.GroupChannel(args.bandwidth_hz, dbm_per_hz_to_w_per_hz(args.noise_psd_dbm_hz))
         shape = planning.BlockShape.of(src)
         assignment = None
         if args.heads is not None or args.columns is not None:

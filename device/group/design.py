@@ -61,23 +61,14 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_NOISE_PSD_DBM_HZ = -174.0   # thermal floor
+from coinfer.radio import THERMAL_NOISE_DBM_PER_HZ, dbm_per_hz_to_w_per_hz, path_loss_gain, shannon_rate_bps
+
+DEFAULT_NOISE_PSD_DBM_HZ = THERMAL_NOISE_DBM_PER_HZ
 DEFAULT_BANDWIDTH_HZ = 1.0e7        # a 10 MHz uplink allocation (the planner's default system)
 DEFAULT_TX_POWER_W = 0.2            # 23 dBm, 3GPP UE power class 3
-DEFAULT_DISTANCE_M = 100.0
+DEFAULT_DISTANCE_M = 100.0          # path loss at the spec's PL0 = -30 dB, alpha = 3 (coinfer.radio): g = 1e-9
 DEFAULT_BITS_PER_ELEMENT = 32       # the digital all-reduce sends fp32 partials
 DESIGNS = ("zf", "mmse")
-
-
-def dbm_per_hz_to_w(dbm: float) -> float:
-    return 10 ** (dbm / 10) / 1000
-
-
-def path_loss_gain(distance_m: float, ref_loss_db: float = -30.0, exponent: float = 3.0) -> float:
-    """g = PL0 (d / 1 m)^(-alpha), spec section 6 (PL0 = -30 dB, alpha = 3: 1e-9 at 100 m)."""
-    if not distance_m > 0:
-        raise ValueError(f"distance must be > 0 m, got {distance_m}")
-    return 10 ** (ref_loss_db / 10) * distance_m ** (-exponent)
 
 
 # --- model assignment ------------------------------------------------------------------------------
@@ -259,7 +250,7 @@ class GroupDevice:
 @dataclass(frozen=True)
 class GroupChannel:
     bandwidth_hz: float = DEFAULT_BANDWIDTH_HZ
-    noise_psd_w_per_hz: float = dbm_per_hz_to_w(DEFAULT_NOISE_PSD_DBM_HZ)
+    noise_psd_w_per_hz: float = dbm_per_hz_to_w_per_hz(DEFAULT_NOISE_PSD_DBM_HZ)
 
     def __post_init__(self):
         if not (self.bandwidth_hz > 0 and self.noise_psd_w_per_hz >= 0):
@@ -270,7 +261,7 @@ class GroupChannel:
         return self.noise_psd_w_per_hz * self.bandwidth_hz
 
     def rate_bps(self, gain: float, power_w: float) -> float:
-        return self.bandwidth_hz * math.log2(1.0 + gain * power_w / self.noise_power_w) \
+        return shannon_rate_bps(self.bandwidth_hz, self.noise_psd_w_per_hz, gain, power_w) \
             if self.noise_power_w > 0 else math.inf
 
     def airtime_s(self, elements: int) -> float:

@@ -56,22 +56,47 @@ def run(model: str = "minilm", batch: int = 8, seq_len: int = 128, out_dir: Path
     return result
 
 
+MARKERS = {"fp32": "s", "fp16": "o", "bf16": "^", "int8": "D", "int4": "v"}
+
+
 def _plot(rows, out_dir) -> str:
+    """Bytes per codec, and 1 - cosine to the fp32 path per codec and k on a log axis. A distance of 0
+    (fp32 always, being the reference; fp16 where it rounds to nothing) has no place on a log axis: it
+    is drawn on a floor a decade below the smallest distance, marked "0 (exact)"."""
+    import math
+
+    from matplotlib.ticker import FixedLocator
+
     plt = pyplot()
     codecs = list(dict.fromkeys(r["codec"] for r in rows))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.8))
     first_k = rows[0]["split"]
-    left.bar(codecs, [next(r["wire_bytes"] for r in rows if r["codec"] == c and r["split"] == first_k) / 1e6
-                      for c in codecs])
-    left.set_ylabel("MB on the wire per request")
-    left.set_title("Bytes per codec")
+    at_first_k = [next(r for r in rows if r["codec"] == c and r["split"] == first_k) for c in codecs]
+    bars = left.bar(codecs, [r["wire_bytes"] / 1e6 for r in at_first_k])
+    left.bar_label(bars, [f"{r['bytes_ratio_vs_fp32']:.2f}x" for r in at_first_k], fontsize=7)
+    left.set_ylabel(f"MB on the wire per request (k={first_k})")
+    left.set_title("Bytes per codec (fp32 / codec on the bars)", fontsize=10)
+    distance = {id(r): max(0.0, 1 - r["min_cosine_vs_fp32"]) for r in rows}
+    smallest = min((d for d in distance.values() if d > 0), default=1 - TARGET_INT8_COSINE)
+    floor = 10.0 ** (math.floor(math.log10(min(smallest, 1 - TARGET_INT8_COSINE))) - 1)
     for codec in codecs:
-        points = [(r["split"], 1 - r["min_cosine_vs_fp32"]) for r in rows if r["codec"] == codec and codec != "fp32"]
-        if points:
-            right.semilogy(*zip(*points), marker="o", label=codec)
+        points = [(r["split"], distance[id(r)] or floor) for r in rows if r["codec"] == codec]
+        exact = [r["split"] for r in rows if r["codec"] == codec and distance[id(r)] == 0]
+        label = codec + (" (the reference)" if codec == "fp32" else
+                         " (exact at every k)" if len(exact) == len(points) else
+                         f" (exact at k={','.join(map(str, exact))})" if exact else "")
+        right.semilogy(*zip(*points), marker=MARKERS.get(codec, "o"), label=label,
+                       markerfacecolor="none" if codec == "fp32" else None, markersize=9 if codec == "fp32" else 6)
     right.axhline(1 - TARGET_INT8_COSINE, color="grey", linestyle="--", label="target (int8)")
+    right.axhline(floor * 3, color="black", linewidth=0.6, linestyle=":")  # the axis is broken here
+    top = max([1 - TARGET_INT8_COSINE, *distance.values()])
+    decades = range(math.floor(math.log10(floor)) + 1, math.ceil(math.log10(top)) + 1)
+    right.set_ylim(floor / 2, 10.0 ** decades[-1] * 2)
+    right.yaxis.set_major_locator(FixedLocator([floor] + [10.0 ** d for d in decades]))
+    right.yaxis.set_minor_locator(FixedLocator([]))
+    right.set_yticklabels(["0 (exact)"] + [f"$10^{{{d}}}$" for d in decades])
     right.set_xlabel("split point k")
-    right.set_ylabel("1 - cosine similarity to fp32")
+    right.set_ylabel("1 - cosine similarity to fp32 (min over batch)")
     right.set_title("Output error per codec")
-    right.legend(fontsize=7)
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save_figure(fig, out_dir, "codecs")

@@ -42,3 +42,15 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def print_report(result: dict, machine: bool = True) -> int:
+    """What a scripts/bench_* prints: the section's result as one JSON object, with the machine it ran on."""
+    import json
+
+    if machine:
+        from coinfer.lab.hardware import describe
+
+        result["machine"] = describe()
+    print(json.dumps(result, indent=2, default=str))
+    return 0

@@ -11,10 +11,14 @@ Targets (issue 3): resolve <= 5 ms, sweep <= 100 ms.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import statistics
+import sys
 import time
 import warnings
+
+from coinfer.lab.bench.common import print_report
 
 TARGETS = {"resolve_median_s": 0.005, "sweep_13_median_s": 0.100}
 
@@ -26,9 +30,9 @@ def run(repeat: int = 200, sweeps: int = 20, out_dir=None, progress=None) -> dic
     from transformers import BertConfig
 
     from coinfer.planner import convex
-    from coinfer.defaults import DEFAULT_SYSTEM, SPEC_EXAMPLE_SCENARIO as SCENARIO
     from coinfer.planner.profile import profile_from_config
-    from coinfer.planner.scenario import parse_scenario, parse_system
+    from coinfer.planner.scenario import SPEC_EXAMPLE_SCENARIO as SCENARIO, parse_scenario
+    from coinfer.system import DEFAULT_SYSTEM, parse_system
     from coinfer.planner.sweep import plan_splits, solve
     import_s = time.perf_counter() - started
 
@@ -88,3 +92,20 @@ def _time(fn) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+def main(argv=None) -> int:
+    """scripts/bench_planner."""
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench_planner",
+        description="Planner timings, printed as one JSON object (see coinfer.lab.bench.planner for what each "
+                    "number is). Targets (issue 3): resolve <= 5 ms, sweep <= 100 ms; medians over --repeat runs "
+                    "(machines are shared). Also part of `coinfer bench`.")
+    parser.add_argument("--repeat", type=int, default=200, help="re-solves to time (default: %(default)s)")
+    parser.add_argument("--sweeps", type=int, default=20, help="sweeps to time (default: %(default)s)")
+    args = parser.parse_args(argv)
+    return print_report(run(args.repeat, args.sweeps), machine=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

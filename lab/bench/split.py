@@ -5,11 +5,13 @@ whole-model reference run here, interleaved run by run so the machine's noise hi
 """
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
+import sys
 from pathlib import Path
 
-from coinfer.lab.bench.common import fixed_tokens, pyplot, save_figure
+from coinfer.lab.bench.common import fixed_tokens, print_report, pyplot, save_figure
 
 TARGET_RATIO = 1.10
 
@@ -86,3 +88,27 @@ def _plot(rows, out_dir) -> str:
     ax.set_title("Split over loopback vs whole model")
     ax.legend(fontsize=7)
     return save_figure(fig, out_dir, "split_overhead")
+
+
+def main(argv=None) -> int:
+    """scripts/bench_split."""
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench_split", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Split overhead: end-to-end split inference over loopback against the whole model in one "
+                    "process.\n\nThe server half runs in its own process (`coinfer server`, 127.0.0.1, free port); "
+                    "the device half and\nthe whole-model reference run here, on the same inputs, interleaved run by "
+                    "run so that the machine's\nnoise hits both alike. Prints one JSON object; `ratio` = median split "
+                    "/ median whole (target <= 1.10).\nAlso part of `coinfer bench`.")
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--split", type=int, nargs="+", default=[3], help="split points to measure")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--codec", default="fp32")
+    args = parser.parse_args(argv)
+    return print_report(run(args.model, args.split, args.batch, args.seq_len, args.repeats, args.warmup, args.codec))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

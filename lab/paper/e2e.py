@@ -17,7 +17,6 @@ machine, so only the transfer time is compared with a prediction.
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
 from dataclasses import asdict, dataclass
 
@@ -56,10 +55,6 @@ def plan_point(profile, system, max_delay_s: float, max_energy_j: float, split="
     return plan_splits(profile, with_qos(system, max_delay_s, max_energy_j), split=split)
 
 
-def _noise_dbm_hz(n0_w_per_hz: float) -> float:
-    return 10 * math.log10(n0_w_per_hz * 1e3)
-
-
 def run_plan(label: str, plan_result, qos: tuple[float, float], profile, system, *, method: str = "magnitude",
              batch: int = 8, codec: str = "fp32", threads: int = 1) -> E2EPoint:
     """Run the planner's chosen plan (made under the (delay, energy) limits qos) through real processes."""
@@ -71,6 +66,7 @@ def run_plan(label: str, plan_result, qos: tuple[float, float], profile, system,
     from coinfer.lab.paper.pairs import passages, queries
     from coinfer.lab.paper.quality import SplitPipeline, cosine_rows, retrieval_accuracy
     from coinfer.lab.paper.sweeps import total_l1
+    from coinfer.radio import w_per_hz_to_dbm_per_hz
 
     if not plan_result.feasible:
         raise ValueError(f"{label}: the planner found no feasible plan ({plan_result.reason})")
@@ -100,7 +96,7 @@ def run_plan(label: str, plan_result, qos: tuple[float, float], profile, system,
             channel = running.enter_context(ServiceProcess(
                 ["channel", "--listen", "127.0.0.1:0", "--upstream", server.address, "--control", "127.0.0.1:0",
                  "--bandwidth-hz", repr(ch.bandwidth_hz), "--gain", repr(ch.gain),
-                 "--noise-psd-dbm-hz", repr(_noise_dbm_hz(ch.noise_psd_w_per_hz)),
+                 "--noise-psd-dbm-hz", repr(w_per_hz_to_dbm_per_hz(ch.noise_psd_w_per_hz)),
                  "--tx-power-w", repr(max(p, 1e-9))],
                 "channel", expect=("listening", "control")))
             target = channel.address

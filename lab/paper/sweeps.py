@@ -13,28 +13,26 @@ real weights. The paper splits "at the 4-th layer" for Figs. 4-5, so k = 4 there
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-from coinfer.planner.scenario import QoS, System, load_yaml, parse_system
+from coinfer.system import QoS, System, default_system, load_yaml, parse_system
 
 PAPER_SPLIT = 4                       # paper section VI: "We set the split point at the 4-th layer"
 SCHEMES = ("joint", "fixed_power", "fixed_frequency", "device_only_pruning", "server_only_pruning")
 PRUNING = ("magnitude", "random")     # the paper's two pruning criteria, as distortion models
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # lab/paper/sweeps.py
 SYSTEM_YAML = REPO / "scripts" / "examples" / "paper_system.yaml"
 
 
 def load_system(path: str | Path | None = None) -> System:
-    """The paper system: the YAML when it is there (a source checkout), else its mirror in defaults."""
+    """The paper system: the YAML when it is there (a source checkout), else its mirror, coinfer.system's
+    default system."""
     path = Path(path) if path else SYSTEM_YAML
     if path.exists():
         return parse_system(load_yaml(str(path)))
-    from coinfer.defaults import DEFAULT_SYSTEM
-
-    return parse_system(copy.deepcopy(DEFAULT_SYSTEM))
+    return default_system()
 
 
 def paper_profiles(batch: int = 1, seq_len: int = 128, with_minilm: bool = True) -> dict:

@@ -22,6 +22,15 @@ def test_quick_bench_writes_every_section(tmp_path):
     split = report["sections"]["split"]["results"][0]
     assert split["max_abs_diff"] <= 1e-5 and split["ratio"] > 0
     assert "| measure | value | target | met |" in (tmp_path / "summary.md").read_text()
+    # each process's own peak (not one inherited from the benchmark's process): a half holds less than the whole
+    memory = report["sections"]["memory"]
+    whole_peak, blocks = memory["whole"]["peak_rss_mb"], memory["num_blocks"]
+    inner = [row for row in memory["results"] if 0 < row["split"] < blocks]
+    assert inner, memory["results"]
+    for row in inner:
+        assert row["device"]["peak_rss_mb"] < whole_peak and row["server"]["peak_rss_mb"] < whole_peak, row
+    assert memory["whole"]["parameters"] == max(row["server"]["parameters"] for row in memory["results"]
+                                                if "server" in row)
 
 
 def test_hardware_report_names_what_is_missing():

@@ -22,11 +22,12 @@ def test_channel_process_prints_its_rate_and_obeys_its_control():
              "--control", f"127.0.0.1:{control}", "--bandwidth-hz", "1e6", "--tx-power-w", "0.1",
              "--distance-m", "30", "--path-loss-exponent", "2.5"],
             name="channel", stderr=subprocess.STDOUT, expect=("listening", "control")) as proc:
+        wait_for_port(listen, 30, proc.proc)  # a readiness probe: an empty connection
         wait_for_port(control, 30, proc.proc)
         proc.wait_for_output("control on")
         # The readiness probe's empty connection went through to the server.
         assert sink.next_result(5).nbytes == 0
-        g = path_loss_gain(30, 40, 2.5)
+        g = path_loss_gain(30, -40, 2.5)  # the CLI's default 40 dB loss at 1 m
         rate = shannon_rate_bps(1e6, dbm_per_hz_to_w_per_hz(-174), g, 0.1)
         log = proc.output()
         # It says where it listens and the rate the formula gives.

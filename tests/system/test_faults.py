@@ -427,11 +427,10 @@ def test_load_script_smoke():
     # scripts/load_test end to end at a tiny size (the full 10,000-request run is a script, not a test)
     import json
     import subprocess
-    import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "scripts" / "load_test"
-    out = subprocess.run([sys.executable, str(script), "--requests", "200", "--devices", "2", "--warmup", "20"],
+    out = subprocess.run([str(script), "--requests", "200", "--devices", "2", "--warmup", "20"],
                          capture_output=True, text=True, timeout=300)
     assert out.stdout.strip(), out.stderr[-3000:]
     report = json.loads(out.stdout)

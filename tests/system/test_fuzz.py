@@ -44,8 +44,9 @@ SEQ_LIMIT = 512
 MAX_BATCH = 256
 
 # Codes a bad request may get; anything else (UNKNOWN, INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED...) is a bug.
+# ALREADY_EXISTS: a byte-level mutation that leaves the id intact is another request under a used id.
 CLEAN = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
-         grpc.StatusCode.RESOURCE_EXHAUSTED}
+         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ALREADY_EXISTS}
 # A refusal by the service names the field first; gRPC's own size limit says so in its words.
 FIELD = re.compile(r"^(request_id|model_id|split_point|plan_epoch|hidden_states|input_ids|attention_mask|"
                    r"generate|request)\b")

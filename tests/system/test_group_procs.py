@@ -22,11 +22,12 @@ from coinfer.device.group.ranks import DeviceGroup
 from coinfer.device.group.runtime import GroupRuntime
 from coinfer.lab.launch import ServiceProcess
 from coinfer.lab.monolithic import WholeModel
-from coinfer.device.group.design import Assignment, dbm_per_hz_to_w, path_loss_gain
+from coinfer.device.group.design import Assignment
+from coinfer.radio import dbm_per_hz_to_w_per_hz, path_loss_gain
 from coinfer.split import DevicePart
 
 K = 3
-NOISE_W = dbm_per_hz_to_w(-174.0) * 1e7  # N0 B at 10 MHz
+NOISE_W = dbm_per_hz_to_w_per_hz(-174.0) * 1e7  # N0 B at 10 MHz
 
 
 def tokens(src, sentences):
@@ -147,7 +148,7 @@ class TestFourDevicesUneven:
         levels_db = [-184.0, -174.0, -164.0, -154.0]
         output_mse, predicted = [], []
         for n0 in levels_db:
-            receiver.noise_power_w = dbm_per_hz_to_w(n0) * 1e7
+            receiver.noise_power_w = dbm_per_hz_to_w_per_hz(n0) * 1e7
             start = len(group.records)
             errs = [((group(ids, mask, mode="aircomp") - exact)[real] ** 2).mean().item() for _ in range(3)]
             output_mse.append(float(np.mean(errs)))

@@ -118,7 +118,7 @@ def test_bad_requests_get_a_clear_status_and_the_server_keeps_serving(minilm, mi
             assert caught.value.code == code, caught.value
             assert field in caught.value.message
         # the same stream / channel still answers a good request
-        reply = client.infer(_request(minilm, request_id="good"))
+        reply = client.infer(_request(minilm, request_id=f"good-{use_stream}"))  # ids are one request each
         assert list(reply.output.shape) == [2, minilm.hidden_size]
 
 
@@ -177,9 +177,10 @@ def test_prometheus_metrics_count_answers_and_refusals(minilm):
     with ServiceProcess(["server", "--split", str(SPLIT), "--listen", "127.0.0.1:0", "--metrics-listen",
                          f"127.0.0.1:{port}"], "metrics-server") as server:
         with InferenceClient(server.address) as client:
-            for i in range(3):
-                client.infer(_request(minilm, request_id=f"ok-{i}"))
-            client.infer(_request(minilm, request_id="ok-0"))  # a retry: answered from the cache
+            requests = [_request(minilm, request_id=f"ok-{i}") for i in range(3)]
+            for request in requests:
+                client.infer(request)
+            client.infer(requests[0])  # a retry (the same bytes): answered from the cache
             with pytest.raises(InferenceError):
                 client.infer(_request(minilm, request_id="bad", split_point=SPLIT + 1))
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()

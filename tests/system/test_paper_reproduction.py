@@ -2,7 +2,6 @@
 it writes (re-derived here from the rows, not read from the script's own verdicts)."""
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     folder = tmp_path_factory.mktemp("paper")
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce_paper"), "--quick", "--out", str(folder)],
+    proc = subprocess.run([str(REPO / "scripts" / "reproduce_paper"), "--quick", "--out", str(folder)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder

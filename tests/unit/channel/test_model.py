@@ -29,10 +29,22 @@ def test_thermal_noise_and_the_scenario_rate():
 
 
 def test_path_loss_follows_the_exponent():
-    assert path_loss_gain(1.0, 40.0, 3.0) == pytest.approx(1e-4)
+    # the reference at 1 m is a gain in dB: -40 dB is the emulator's default 40 dB loss
+    assert path_loss_gain(1.0, -40.0, 3.0) == pytest.approx(1e-4)
     # Ten times the distance at alpha = 3 costs 30 dB.
-    assert path_loss_gain(10.0, 40.0, 3.0) == pytest.approx(1e-7)
-    assert path_loss_gain(2.0, 30.0, 2.0) == pytest.approx(1e-3 / 4)
+    assert path_loss_gain(10.0, -40.0, 3.0) == pytest.approx(1e-7)
+    assert path_loss_gain(2.0, -30.0, 2.0) == pytest.approx(1e-3 / 4)
+    # the spec's section 6 defaults: PL0 = -30 dB, alpha = 3, so 1e-9 at 100 m
+    assert path_loss_gain(100.0) == pytest.approx(1e-9, rel=1e-12)
+    with pytest.raises(ValueError, match="distance"):
+        path_loss_gain(0.0)
+
+
+def test_the_emulator_takes_its_path_loss_option_as_a_loss():
+    # --path-loss-db-at-1m 50 (a loss) at 1 m gives g = 1e-5, not 1e5
+    cfg = ChannelConfig(upstream=UP, bandwidth_hz=1e6, tx_power_w=0.1, distance_m=1.0,
+                        path_loss_db_at_1m=50.0).validate()
+    assert ChannelModel(cfg, origin=0.0).gain_at(0.0) == pytest.approx(1e-5, rel=1e-12)
 
 
 # -- fading --------------------------------------------------------------------------------------
@@ -120,7 +132,7 @@ def test_model_modes_and_changes():
     cfg = ChannelConfig(upstream=UP, bandwidth_hz=1e6, tx_power_w=0.1, distance_m=10.0).validate()
     m = ChannelModel(cfg, origin=100.0)
     n0 = dbm_per_hz_to_w_per_hz(-174)
-    g10 = path_loss_gain(10.0, 40.0, 3.0)
+    g10 = path_loss_gain(10.0, -40.0, 3.0)
     assert m.gain_at(100.5) == pytest.approx(g10) and m.gain_source == "path_loss"
     assert m.rate_at(100.5) == pytest.approx(shannon_rate_bps(1e6, n0, g10, 0.1))
     m.set_tx_power(0.4)

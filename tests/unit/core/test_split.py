@@ -131,11 +131,10 @@ def test_device_half_resident_memory_is_well_below_the_whole_model():
     """scripts/device_memory builds each in a fresh process and reports RSS above the import floor."""
     import json
     import subprocess
-    import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[3] / "scripts" / "device_memory"
-    out = subprocess.run([sys.executable, str(script), "--model", "random:bert-base", "--split", "2"],
+    out = subprocess.run([str(script), "--model", "random:bert-base", "--split", "2"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)

@@ -12,8 +12,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from coinfer.device.group.aircomp import AirReceiver, from_symbols, to_symbols
-from coinfer.device.group.design import (Assignment, BlockShape, GroupChannel, GroupDevice, assign_units, dbm_per_hz_to_w,
-                                   design_transceiver, path_loss_gain, plan_group)
+from coinfer.device.group.design import (Assignment, BlockShape, GroupChannel, GroupDevice, assign_units,
+                                         design_transceiver, plan_group)
+from coinfer.radio import dbm_per_hz_to_w_per_hz, path_loss_gain
 
 speeds_st = st.lists(st.floats(0.1, 10.0), min_size=1, max_size=4)
 
@@ -112,7 +113,7 @@ def test_symbols_pack_pairs_and_unpack_exactly():
 def test_superposed_error_matches_the_prediction_over_many_trials(method):
     """Independent zero-mean partials (the design's assumption): measured MSE within 10 % of predicted."""
     gains = [path_loss_gain(d) for d in (60.0, 100.0, 180.0)]
-    noise = dbm_per_hz_to_w(-150) * 1e7  # a noisy channel (SNR ~ 0 dB at 180 m), where mmse misaligns
+    noise = dbm_per_hz_to_w_per_hz(-150) * 1e7  # a noisy channel (SNR ~ 0 dB at 180 m), where mmse misaligns
     rx = AirReceiver(gains, 0.2, noise, method, seed=3)
     gen = torch.Generator().manual_seed(7)
     scales = torch.tensor([0.5, 1.0, 3.0])  # unequal powers, so mmse has a device to give up on
@@ -166,7 +167,7 @@ def test_expected_mse_grows_with_the_noise():
     shape = BlockShape(384, 12, 1536)
     devices = [GroupDevice(50e9, path_loss_gain(d)) for d in (80.0, 120.0, 200.0)]
     for design in ("zf", "mmse"):
-        nmse = [plan_group(shape, 2, devices, GroupChannel(noise_psd_w_per_hz=dbm_per_hz_to_w(n0)),
+        nmse = [plan_group(shape, 2, devices, GroupChannel(noise_psd_w_per_hz=dbm_per_hz_to_w_per_hz(n0)),
                            design=design).ffn_design.nmse for n0 in (-180, -170, -160, -150)]
         assert all(a < b for a, b in zip(nmse, nmse[1:]))
 

@@ -12,7 +12,8 @@ from coinfer.errors import UsageError
 from coinfer.planner.costs import Point, Scaled, Shape, evaluate
 from coinfer.planner.distortion import fit_convex_decreasing, measure_l1_curve, phi
 from coinfer.planner.frontier import Frontier
-from coinfer.planner.scenario import parse_scenario, parse_system
+from coinfer.planner.scenario import parse_scenario
+from coinfer.system import parse_system
 
 from scenarios import BASE, make
 
@@ -255,8 +256,8 @@ def test_profile_segments_and_sizes(tiny_profiles, name):
 
 
 def test_measured_model_plans_from_real_curves(tiny_profiles):
-    from coinfer.defaults import DEFAULT_SYSTEM
     from coinfer.planner.sweep import plan_splits
+    from coinfer.system import DEFAULT_SYSTEM
 
     _, prof = tiny_profiles["random:bert-tiny"]
     system = copy.deepcopy(DEFAULT_SYSTEM)

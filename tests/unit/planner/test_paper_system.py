@@ -15,7 +15,7 @@ YAML = REPO / "scripts" / "examples" / "paper_system.yaml"
 
 @pytest.fixture(scope="module")
 def system():
-    from coinfer.planner.scenario import load_yaml, parse_system
+    from coinfer.system import load_yaml, parse_system
 
     return parse_system(load_yaml(str(YAML)))
 
@@ -29,10 +29,10 @@ def bert_base():
 
 
 def test_defaults_mirror_the_yaml(system):
-    from coinfer.defaults import DEFAULT_SYSTEM
-    from coinfer.planner.scenario import parse_system
+    from coinfer.system import DEFAULT_SYSTEM, default_system, parse_system
 
     assert parse_system(copy.deepcopy(DEFAULT_SYSTEM)) == system
+    assert default_system() == system
 
 
 def test_the_yaml_reasons_hold(system, bert_base):
@@ -40,7 +40,7 @@ def test_the_yaml_reasons_hold(system, bert_base):
     unpruned, misses the energy limit; per FLOP the server costs more at any speed both can run."""
     from dataclasses import replace
 
-    from coinfer.planner.scenario import QoS
+    from coinfer.system import QoS
     from coinfer.planner.sweep import solve
 
     dev, srv, q = system.device, system.server, system.qos

@@ -8,8 +8,9 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coinfer.planner.scenario import P1_SCHEMES, parse_scenario
+from coinfer.planner.scenario import parse_scenario
 from coinfer.planner.sweep import solve
+from coinfer.system import P1_SCHEMES
 
 
 def log_uniform(lo: float, hi: float):

@@ -5,9 +5,9 @@ import copy
 
 import pytest
 
-from coinfer.defaults import DEFAULT_SYSTEM
-from coinfer.planner.scenario import P1_SCHEMES, parse_scenario
+from coinfer.planner.scenario import parse_scenario
 from coinfer.planner.sweep import plan_splits, solve
+from coinfer.system import DEFAULT_SYSTEM, P1_SCHEMES
 
 from scenarios import make
 
@@ -76,7 +76,7 @@ def _system(**qos):
 
 
 def test_sweep_table_and_choice(bert_base):
-    from coinfer.planner.scenario import parse_system
+    from coinfer.system import parse_system
 
     system = parse_system(_system(max_delay_s=0.08, max_energy_j=0.01))
     res = plan_splits(bert_base, system)

@@ -1,7 +1,6 @@
 """The committed gRPC stubs are what scripts/gen_protos makes from protos/*.proto."""
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -9,7 +8,7 @@ GEN = ROOT / "scripts" / "gen_protos"
 
 
 def check(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(GEN), "--check", "--dir", str(folder)], capture_output=True,
+    return subprocess.run([str(GEN), "--check", "--dir", str(folder)], capture_output=True,
                           text=True, timeout=120)
 
 
