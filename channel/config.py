@@ -2,6 +2,14 @@
 
 `ChannelConfig` mirrors the options of `coinfer channel` one for one (field `tx_power_w` is option
 `--tx-power-w`); `validate()` raises coinfer.errors.UsageError naming the option at fault.
+
+Limits. Physics bounds nothing here from above, so the emulator sets sane maxima (the same for an
+option and for the control service, which refuses anything outside them with INVALID_ARGUMENT naming
+the field): transmit power 0..1e3 W; a gain in [1e-30, 1e30], i.e. |gain_db| <= 300 (a trace's gains
+too, where 0 is allowed as an outage); distance 1e-3..1e7 m, and the gain path loss gives there in
+(0, 1e30]; a forced rate (0, 1e15] bit/s; bandwidth 1..1e12 Hz; noise PSD -300..0 dBm/Hz. Within
+them every rate R(p) is finite (at most ~1e15 bit/s); the model still computes the rate a change
+gives before it commits it, and refuses one that is not finite.
 """
 from __future__ import annotations
 
@@ -15,6 +23,15 @@ from coinfer.radio import THERMAL_NOISE_DBM_PER_HZ
 
 DEFAULT_PATH_LOSS_DB_AT_1M = 40.0     # free space at 2.4 GHz: 20 log10(4 pi / lambda) = 40.05 dB
 DEFAULT_PATH_LOSS_EXPONENT = 3.0
+
+# The limits (see the module docstring); the model's set_* methods use the same ones.
+MAX_TX_POWER_W = 1e3
+MAX_ABS_GAIN_DB = 300.0
+MIN_GAIN, MAX_GAIN = 1e-30, 1e30                  # 10^(-/+ MAX_ABS_GAIN_DB / 10)
+MIN_DISTANCE_M, MAX_DISTANCE_M = 1e-3, 1e7
+MAX_RATE_BPS = 1e15
+MIN_BANDWIDTH_HZ, MAX_BANDWIDTH_HZ = 1.0, 1e12
+MIN_NOISE_PSD_DBM_HZ, MAX_NOISE_PSD_DBM_HZ = -300.0, 0.0
 
 
 def parse_hostport(value: str, option: str, allow_port_zero: bool = True) -> tuple[str, int]:
@@ -78,6 +95,7 @@ class ChannelConfig:
             parse_hostport(self.control, "--control")
 
         _positive_or_none(self.rate_bps, "--rate-bps")
+        _at_most(self.rate_bps, MAX_RATE_BPS, "--rate-bps", "bit/s")
         if self.rate_bps is not None and self.unlimited:
             raise UsageError("--rate-bps and --unlimited exclude each other")
         _positive_or_none(self.downlink_bps, "--downlink-bps")
@@ -85,6 +103,7 @@ class ChannelConfig:
         if self.delay_s < 0:
             raise UsageError(f"--delay-ms must be >= 0, got {self.delay_s * 1e3:g}")
         _finite(self.noise_psd_dbm_hz, "--noise-psd-dbm-hz")
+        _within(self.noise_psd_dbm_hz, MIN_NOISE_PSD_DBM_HZ, MAX_NOISE_PSD_DBM_HZ, "--noise-psd-dbm-hz", "dBm/Hz")
         if not (self.max_catchup_s >= 0 and self.quantum_s > 0):
             raise UsageError("max_catchup_s must be >= 0 and quantum_s > 0")
 
@@ -104,14 +123,19 @@ class ChannelConfig:
             if not gain_options:
                 raise UsageError("a gain is needed for R(p): give --gain, --gain-db, --distance-m or --trace")
         _positive_or_none(self.bandwidth_hz, "--bandwidth-hz")
+        _within(self.bandwidth_hz, MIN_BANDWIDTH_HZ, MAX_BANDWIDTH_HZ, "--bandwidth-hz", "Hz")
         if self.tx_power_w is not None:
             _finite(self.tx_power_w, "--tx-power-w")
             if self.tx_power_w < 0:
                 raise UsageError(f"--tx-power-w must be >= 0, got {self.tx_power_w:g}")
+            _at_most(self.tx_power_w, MAX_TX_POWER_W, "--tx-power-w", "W")
         _positive_or_none(self.gain, "--gain")
+        _within(self.gain, MIN_GAIN, MAX_GAIN, "--gain", "")
         if self.gain_db is not None:
             _finite(self.gain_db, "--gain-db")
+            _within(self.gain_db, -MAX_ABS_GAIN_DB, MAX_ABS_GAIN_DB, "--gain-db", "dB")
         _positive_or_none(self.distance_m, "--distance-m")
+        _within(self.distance_m, MIN_DISTANCE_M, MAX_DISTANCE_M, "--distance-m", "m")
         for value, option in ((self.path_loss_db_at_1m, "--path-loss-db-at-1m"),
                               (self.path_loss_exponent, "--path-loss-exponent")):
             if value is not None:
@@ -141,8 +165,23 @@ class ChannelConfig:
         elif self.trace is not None:
             try:
                 self.loaded_trace = load_trace(self.trace)
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:   # OverflowError: a gain_db too large for a float
                 raise UsageError(f"--trace: {exc}") from None
+        if self.loaded_trace is not None:
+            for i, g in enumerate(self.loaded_trace.gains):
+                if g > MAX_GAIN or 0 < g < MIN_GAIN:
+                    raise UsageError(f"--trace: point {i + 1}: gain {g:g} is outside [{MIN_GAIN:g}, {MAX_GAIN:g}] "
+                                     "(or 0)")
+        if self.radio_configured and self.gain_kind == "distance_m":
+            from coinfer.radio import path_loss_gain
+            loss_db, exponent = self.path_loss
+            try:
+                g = path_loss_gain(self.distance_m, -loss_db, exponent)
+            except OverflowError:
+                g = math.inf
+            if not 0 < g <= MAX_GAIN:
+                raise UsageError(f"--distance-m {self.distance_m:g} with --path-loss-db-at-1m {loss_db:g} and "
+                                 f"--path-loss-exponent {exponent:g} gives gain {g:g}, outside (0, {MAX_GAIN:g}]")
         if self.tc_dev is not None and not self.tc_dev:
             raise UsageError("--tc-dev must name a network device")
         return self
@@ -157,6 +196,16 @@ class ChannelConfig:
 def _finite(value: float, option: str) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UsageError(f"{option} must be a finite number, got {value!r}")
+
+
+def _within(value: float | None, low: float, high: float, option: str, unit: str) -> None:
+    if value is not None and not low <= value <= high:
+        raise UsageError(f"{option} must be in [{low:g}, {high:g}]{' ' + unit if unit else ''}, got {value:g}")
+
+
+def _at_most(value: float | None, high: float, option: str, unit: str) -> None:
+    if value is not None and value > high:
+        raise UsageError(f"{option} must be at most {high:g} {unit}, got {value:g}")
 
 
 def _positive_or_none(value: float | None, option: str) -> None:

@@ -106,7 +106,7 @@ class ChannelEmulator:
 
     # -- control (any thread) ---------------------------------------------------------------------
     def set_tx_power(self, watts: float) -> ChannelStats:
-        return self._change(lambda m: m.set_tx_power(watts))
+        return self._change(lambda m, now: m.set_tx_power(watts, at=now))
 
     def set_gain(self, gain: float | None = None, *, gain_db: float | None = None,
                  distance_m: float | None = None) -> ChannelStats:
@@ -115,21 +115,21 @@ class ChannelEmulator:
         if len(given) != 1:
             raise ValueError("give exactly one of gain, gain_db, distance_m")
         if gain is not None:
-            return self._change(lambda m: m.set_gain(float(gain)))
+            return self._change(lambda m, now: m.set_gain(gain, at=now))
         if gain_db is not None:
-            return self._change(lambda m: m.set_gain_db(float(gain_db)))
-        return self._change(lambda m: m.set_distance(float(distance_m)))
+            return self._change(lambda m, now: m.set_gain_db(gain_db, at=now))
+        return self._change(lambda m, now: m.set_distance(distance_m, at=now))
 
     def set_rate(self, rate_bps: float) -> ChannelStats:
         """Force the uplink rate, whatever p and g are."""
-        return self._change(lambda m: m.set_fixed_rate(float(rate_bps)))
+        return self._change(lambda m, now: m.set_fixed_rate(rate_bps, at=now))
 
     def set_unlimited(self) -> ChannelStats:
-        return self._change(lambda m: m.set_unlimited())
+        return self._change(lambda m, now: m.set_unlimited(at=now))
 
     def use_radio(self) -> ChannelStats:
         """Back to R(p) = B log2(1 + g p / (B N0))."""
-        return self._change(lambda m: m.set_radio())
+        return self._change(lambda m, now: m.set_radio(at=now))
 
     def stats(self) -> ChannelStats:
         return self._call(self._stats)
@@ -150,11 +150,12 @@ class ChannelEmulator:
         self._loop.call_soon_threadsafe(run)
         return done.result(10.0)
 
-    def _change(self, mutate: Callable[[ChannelModel], None]) -> ChannelStats:
+    def _change(self, mutate: Callable[[ChannelModel, float], None]) -> ChannelStats:
         def apply():
             now = self._loop.time()
-            self._model.advance(now)          # account the old rate up to now
-            mutate(self._model)               # ValueError leaves the model as it was
+            # The model validates, computes the new rate, and only then accounts the old rate up to
+            # now and commits: a ValueError leaves it (and the link) exactly as they were.
+            mutate(self._model, now)
             self._rerate(now, now)
             return self._stats()
         return self._call(apply)

@@ -6,13 +6,39 @@ monotonic-clock seconds; `origin` is the instant the fading and trace clocks cou
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
-from coinfer.channel.config import ChannelConfig
+from coinfer.channel.config import (MAX_ABS_GAIN_DB, MAX_DISTANCE_M, MAX_GAIN, MAX_RATE_BPS, MAX_TX_POWER_W,
+                                    MIN_DISTANCE_M, MIN_GAIN, ChannelConfig)
 from coinfer.channel.gain import GainTrace, RayleighBlockFading
 from coinfer.radio import db_to_linear, dbm_per_hz_to_w_per_hz, path_loss_gain, shannon_rate_bps
 
 RADIO, FIXED, UNLIMITED = "radio", "fixed", "unlimited"
+
+# The largest factor RayleighBlockFading can draw: -ln(1 - u) for a double u < 1 is at most 53 ln 2.
+_FADING_PEAK = 53 * math.log(2.0) * (1 + 1e-9)
+
+
+def _number(field: str, value) -> float:
+    """A finite real number as a float; ValueError naming the field otherwise (NaN, inf, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{field}: must be a number, got {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:             # an int beyond double precision
+        value = math.inf
+    if not math.isfinite(value):
+        raise ValueError(f"{field}: must be a finite number, got {value!r}")
+    return value
+
+
+def _overflow_to_inf(fn, *args) -> float:
+    """fn(*args), with float overflow (10 ** 500, a division by an underflowed 0) read as inf."""
+    try:
+        return fn(*args)
+    except (OverflowError, ZeroDivisionError):
+        return math.inf
 
 
 class RadioNotConfigured(ValueError):
@@ -68,7 +94,8 @@ class ChannelModel:
         elif kind == "gain_db":
             self.base_gain = db_to_linear(config.gain_db)
         elif kind == "distance_m":
-            self._set_distance(config.distance_m)
+            self.distance_m = float(config.distance_m)
+            self.base_gain = self._path_loss_gain(self.distance_m)
         elif kind == "trace":
             self.trace = config.loaded_trace
         self.fading = (RayleighBlockFading(config.coherence_s, config.seed or 0)
@@ -135,45 +162,99 @@ class ChannelModel:
         return bits / elapsed
 
     # -- changes (the control service's verbs) ----------------------------------------------------
-    def set_tx_power(self, watts: float) -> None:
-        if not (isinstance(watts, (int, float)) and math.isfinite(watts) and watts >= 0):
-            raise ValueError(f"tx power must be a finite number of watts >= 0, got {watts!r}")
-        self.tx_power_w = float(watts)
+    # Each verb checks its value against the limits (coinfer.channel.config), computes the gain and the
+    # highest rate the change could give, and only then commits: a ValueError, which names the field
+    # (the control protos' names), leaves the model exactly as it was. With `at`, the old rate is
+    # accounted up to `at` and the new one taken from there (what the emulator passes); without it
+    # the caller calls advance() itself.
+    def set_tx_power(self, watts: float, at: float | None = None) -> None:
+        watts = _number("watts", watts)
+        if not 0 <= watts <= MAX_TX_POWER_W:
+            raise ValueError(f"watts: tx power must be in [0, {MAX_TX_POWER_W:g}] W, got {watts:g}")
+        self._check_rate(f"watts: {watts:g}", tx_power_w=watts)
+        self._commit(at, tx_power_w=watts)
 
-    def set_gain(self, gain: float) -> None:
+    def set_gain(self, gain: float, at: float | None = None) -> None:
         self._require_radio("set the gain")
-        if not (math.isfinite(gain) and gain > 0):
-            raise ValueError(f"gain must be a finite number > 0, got {gain!r}")
-        self.base_gain, self.distance_m, self.trace = float(gain), None, None
+        gain = _number("gain", gain)
+        if not MIN_GAIN <= gain <= MAX_GAIN:
+            raise ValueError(f"gain: must be in [{MIN_GAIN:g}, {MAX_GAIN:g}], got {gain:g}")
+        self._set_base_gain("gain", gain, gain, None, at)
 
-    def set_gain_db(self, gain_db: float) -> None:
-        if not math.isfinite(gain_db):
-            raise ValueError(f"gain_db must be finite, got {gain_db!r}")
-        self.set_gain(db_to_linear(gain_db))
+    def set_gain_db(self, gain_db: float, at: float | None = None) -> None:
+        self._require_radio("set the gain")
+        gain_db = _number("gain_db", gain_db)
+        gain = _overflow_to_inf(db_to_linear, gain_db)
+        if not math.isfinite(gain):
+            raise ValueError(f"gain_db: {gain_db:g} gives a non-finite gain")
+        if not -MAX_ABS_GAIN_DB <= gain_db <= MAX_ABS_GAIN_DB:
+            raise ValueError(f"gain_db: must be in [{-MAX_ABS_GAIN_DB:g}, {MAX_ABS_GAIN_DB:g}] dB, got {gain_db:g}")
+        self._set_base_gain("gain_db", gain_db, gain, None, at)
 
-    def set_distance(self, distance_m: float) -> None:
+    def set_distance(self, distance_m: float, at: float | None = None) -> None:
         self._require_radio("set the distance")
-        if not (math.isfinite(distance_m) and distance_m > 0):
-            raise ValueError(f"distance must be a finite number of metres > 0, got {distance_m!r}")
-        self._set_distance(distance_m)
-        self.trace = None
+        distance_m = _number("distance_m", distance_m)
+        if not distance_m > 0:
+            raise ValueError(f"distance_m: must be > 0 m, got {distance_m:g}")
+        gain = self._path_loss_gain(distance_m)
+        if not math.isfinite(gain):
+            raise ValueError(f"distance_m: {distance_m:g} gives a non-finite gain")
+        if not MIN_DISTANCE_M <= distance_m <= MAX_DISTANCE_M:
+            raise ValueError(f"distance_m: must be in [{MIN_DISTANCE_M:g}, {MAX_DISTANCE_M:g}] m, got {distance_m:g}")
+        if not 0 < gain <= MAX_GAIN:
+            raise ValueError(f"distance_m: {distance_m:g} gives gain {gain:g} (path loss {self.path_loss_db_at_1m:g} dB "
+                             f"at 1 m, exponent {self.path_loss_exponent:g}), outside (0, {MAX_GAIN:g}]")
+        self._set_base_gain("distance_m", distance_m, gain, distance_m, at)
 
-    def set_fixed_rate(self, rate_bps: float) -> None:
-        if not (math.isfinite(rate_bps) and rate_bps > 0):
-            raise ValueError(f"fixed rate must be a finite number of bit/s > 0, got {rate_bps!r}")
-        self.mode, self.fixed_rate_bps = FIXED, float(rate_bps)
+    def set_fixed_rate(self, rate_bps: float, at: float | None = None) -> None:
+        rate_bps = _number("fixed_bps", rate_bps)
+        if not 0 < rate_bps <= MAX_RATE_BPS:
+            raise ValueError(f"fixed_bps: the rate must be in (0, {MAX_RATE_BPS:g}] bit/s, got {rate_bps:g}")
+        self._commit(at, mode=FIXED, fixed_rate_bps=rate_bps)
 
-    def set_unlimited(self) -> None:
-        self.mode = UNLIMITED
+    def set_unlimited(self, at: float | None = None) -> None:
+        self._commit(at, mode=UNLIMITED)
 
-    def set_radio(self) -> None:
+    def set_radio(self, at: float | None = None) -> None:
         self._require_radio("use R(p)")
-        self.mode = RADIO
+        self._check_rate("radio: R(p) now")
+        self._commit(at, mode=RADIO)
 
-    def _set_distance(self, distance_m: float) -> None:
-        self.distance_m = float(distance_m)
+    def _set_base_gain(self, field: str, value: float, gain: float, distance_m: float | None,
+                       at: float | None) -> None:
+        self._check_rate(f"{field}: {value:g}", base_gain=gain, trace=None)
+        self._commit(at, base_gain=gain, distance_m=distance_m, trace=None)
+
+    def _path_loss_gain(self, distance_m: float) -> float:
         # --path-loss-db-at-1m is a loss (positive dB); path_loss_gain takes the reference as a gain
-        self.base_gain = path_loss_gain(distance_m, -self.path_loss_db_at_1m, self.path_loss_exponent)
+        return _overflow_to_inf(path_loss_gain, distance_m, -self.path_loss_db_at_1m, self.path_loss_exponent)
+
+    def peak_rate(self, **changes) -> float:
+        """The highest R(p) the gain process can reach (a trace's largest gain, fading's largest factor),
+        with `changes` (tx_power_w, base_gain, trace) in place of the current values; 0 without radio."""
+        if not self.radio_configured:
+            return 0.0
+        trace = changes.get("trace", self.trace)
+        gain = max(trace.gains) if trace is not None else changes.get("base_gain", self.base_gain)
+        if self.fading is not None:
+            gain *= _FADING_PEAK
+        return _overflow_to_inf(shannon_rate_bps, self.bandwidth_hz, self.noise_psd_w_per_hz, gain,
+                                changes.get("tx_power_w", self.tx_power_w))
+
+    def _check_rate(self, what: str, **changes) -> None:
+        """ValueError '<what> gives a non-finite rate' unless the peak rate with `changes` is finite."""
+        rate = self.peak_rate(**changes)
+        if not math.isfinite(rate):
+            raise ValueError(f"{what} gives a non-finite rate R(p) (B={self.bandwidth_hz:g} Hz, "
+                             f"N0={self.noise_psd_w_per_hz:g} W/Hz)")
+
+    def _commit(self, at: float | None, **changes) -> None:
+        if at is not None:
+            self.advance(at)              # account the old rate up to the change
+        for name, value in changes.items():
+            setattr(self, name, value)
+        if at is not None:
+            self.advance(at)              # and take the new one from it
 
     def _require_radio(self, what: str) -> None:
         if not self.radio_configured:

@@ -157,6 +157,9 @@ def _array(data: bytes, dtype_enum: int, count: int, field: str) -> torch.Tensor
     np_dtype, torch_dtype = _DTYPES[dtype_enum]
     if len(data) != count * np_dtype.itemsize:
         raise WireError(f"{field}.data", f"has {len(data)} bytes, shape and dtype need {count * np_dtype.itemsize}")
+    if dtype_enum == pb.BOOL and count and np.frombuffer(data, dtype=np.uint8).max() > 1:
+        # numpy and torch read any non-zero byte as True: 0x02 or 0xff would pass for 1 unseen
+        raise WireError(f"{field}.data", "bool bytes must be 0 or 1")
     # Copy out of the (immutable) protobuf bytes so the tensor owns writable memory.
     array = np.frombuffer(data, dtype=np_dtype, count=count).copy()
     tensor = torch.from_numpy(array)

@@ -24,3 +24,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, rho_help: str) -> None:
                         help="torch CPU threads (default: all cores)")
     parser.add_argument("--max-message-mb", type=int, default=256,
                         help="largest gRPC message accepted and sent, MiB (default: %(default)s)")
+
+
+def add_planner_arguments(parser: argparse.ArgumentParser, role: str, follows: str) -> None:
+    """How a half follows a planner, spelled the same on device and server."""
+    parser.add_argument("--planner", metavar="HOST:PORT",
+                        help=f"follow this planner's plans ({follows}) and report telemetry to it")
+    parser.add_argument("--min-rho", type=float, default=0.0,
+                        help="refuse a planner's plan that would prune this half below this ratio (the last "
+                             "good plan stays in force; plans that say they are infeasible are always "
+                             "refused) (default: %(default)s)")
+    parser.add_argument("--node-id", default=role, help="name in telemetry (default: %(default)s)")

@@ -9,6 +9,7 @@ import math
 import threading
 import time
 
+from coinfer.errors import UsageError
 from coinfer.plans import PlanRefused, PlanWatcher, TelemetryReporter
 from coinfer.protos import planner_pb2 as ppb
 from coinfer.sysstats import sample as sample_process
@@ -61,20 +62,29 @@ class NodeTelemetry:
         self.reporter.stop()
 
 
+def check_plan(plan, role: str, model_name: str, min_rho: float = 0.0) -> None:
+    """PlanRefused unless a node of `role` holding `model_name` may apply `plan`: a node believes no plan
+    blindly. One for another model, one that says it is infeasible, or one that would prune this half
+    below `min_rho` is refused."""
+    if plan.model_id and plan.model_id != model_name:
+        raise PlanRefused(f"it is for model {plan.model_id!r}, this {role} holds {model_name!r}")
+    if not plan.feasible:
+        raise PlanRefused(f"the planner says it is infeasible ({plan.detail or 'no reason given'})")
+    rho = plan.rho_device if role == "device" else plan.rho_server
+    if not (math.isfinite(rho) and min_rho <= rho <= 1.0):
+        raise PlanRefused(f"rho_{role} {rho:g} is outside this {role}'s [{min_rho:g}, 1] (--min-rho)")
+
+
 def follow_planner(planner: str, node_id: str, role: str, model_name: str, apply, report: bool = True,
                    min_rho: float = 0.0):
-    """How either half follows a planner: `apply(plan)` for each new plan it accepts, and a NodeTelemetry
-    reporting to it when `report`. A node believes no plan blindly: one for another model, one that says
-    it is infeasible, or one that would prune this half below `min_rho`, is refused and the last good
-    plan stays in force (the watcher logs why). Returns (telemetry or None, the started PlanWatcher)."""
+    """How either half follows a planner: `apply(plan)` for each new plan that passes check_plan (the
+    watcher logs why one does not, and the last good plan stays in force), and a NodeTelemetry
+    reporting to it when `report`. Returns (telemetry or None, the started PlanWatcher)."""
+    if not 0.0 <= min_rho <= 1.0:
+        raise UsageError(f"--min-rho must be in [0, 1], got {min_rho}")
+
     def apply_if_acceptable(plan) -> None:
-        if plan.model_id and plan.model_id != model_name:
-            raise PlanRefused(f"it is for model {plan.model_id!r}, this {role} holds {model_name!r}")
-        if not plan.feasible:
-            raise PlanRefused(f"the planner says it is infeasible ({plan.detail or 'no reason given'})")
-        rho = plan.rho_device if role == "device" else plan.rho_server
-        if not (math.isfinite(rho) and min_rho <= rho <= 1.0):
-            raise PlanRefused(f"rho_{role} {rho:g} is outside this {role}'s [{min_rho:g}, 1] (--min-rho)")
+        check_plan(plan, role, model_name, min_rho)
         apply(plan)
 
     telemetry = NodeTelemetry(planner, node_id) if report else None

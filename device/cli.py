@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from coinfer.options import add_model_arguments
+from coinfer.options import add_model_arguments, add_planner_arguments
 
 
 def register(subparsers) -> None:
@@ -26,16 +26,10 @@ def register(subparsers) -> None:
                         help="BART: tokens to generate at most (default: %(default)s)")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="per-request deadline (default: %(default)s)")
     parser.add_argument("--unary", action="store_true", help="one unary call per request instead of a stream")
-    parser.add_argument("--planner", metavar="HOST:PORT",
-                        help="follow this planner's plans (split, rho, codec, frequency cap, transmit power) and "
-                             "report telemetry to it; the device then waits for its first plan")
-    parser.add_argument("--min-rho", type=float, default=0.0,
-                        help="refuse a planner's plan that would prune this half below this ratio (the last "
-                             "good plan stays in force; plans that say they are infeasible are always "
-                             "refused) (default: %(default)s)")
+    add_planner_arguments(parser, "device", "split, rho, codec, frequency cap, transmit power; the device "
+                                            "waits for its first plan")
     parser.add_argument("--channel-control", metavar="HOST:PORT",
                         help="the channel emulator's control address: plans set the transmit power there")
-    parser.add_argument("--node-id", default="device", help="name in telemetry (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="go through the sentences this many times; 0 = until stopped (default: %(default)s)")
     parser.add_argument("--json", action="store_true",

@@ -10,6 +10,21 @@ the estimate is then reset to the median of those recent samples (a step change 
 an EWMA to crawl to it). Plans are rate limited to one per `min_interval_s`, except an operator's; a
 trigger inside the interval is deferred, not lost.
 
+What it is told, it checks (coinfer.planner.bounds): a sample with a field outside its physical bounds
+is refused whole (ValueError naming the field) before any of it is used; so is a QoS outside its
+bounds (nothing is stored) and a node's claim of an epoch above MAX_EPOCH. Inside the bounds, every
+estimate is behind an outlier gate: one odd sample, or a burst of them between honest ones, moves
+nothing; a step is believed once `hysteresis` samples in a row show it over at least `persist_s`
+(by default `min_interval_s`: a change shorter than that would be re-planned away again). An estimate
+is used, and its drift re-plans, only once it has `warmup` samples: a fresh planner does not act on a
+handful.
+
+Rate limits, whatever the reason: drift plans at most one per `min_interval_s`; resyncs (a node holds
+an epoch of another planner: this one moves past it, at most MAX_EPOCH_JUMP above its own epoch at a
+time) at most one per `resync_interval_s` (and `min_interval_s`), deferred and not lost; operator plans
+(Replan, SetQoS) skip the interval but draw on a bucket of `operator_burst`, refilled at
+`operator_per_s` (RateLimited beyond it).
+
 Every plan is solved for the whole split sweep (or the fixed split) with the delay limit reduced by a
 safety margin and the measured overhead, so that measured end-to-end delays, not only modelled ones,
 meet the QoS.
@@ -26,7 +41,8 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable
 
-from coinfer.planner.estimators import ComputeModel, Ewma, Tracked, gain_from_rate, power_coeff_from_energy
+from coinfer.planner.bounds import MAX_EPOCH_JUMP, UINT64_MAX, check_claim, check_qos, check_sample
+from coinfer.planner.estimators import ComputeModel, Tracked, gain_from_rate, power_coeff_from_energy
 from coinfer.protos import planner_pb2 as ppb
 from coinfer.radio import shannon_rate_bps
 from coinfer.system import System
@@ -36,6 +52,14 @@ log = logging.getLogger(__name__)
 # Re-plans triggered by estimates publish only a changed decision; the others always publish.
 SILENT_IF_UNCHANGED = ("channel_change", "compute_drift", "power_drift")
 REASONS = ("start", "channel_change", "compute_drift", "power_drift", "qos_change", "operator_request", "resync")
+OPERATOR_REASONS = ("operator_request", "qos_change")  # skip min_interval_s, but draw on the operator bucket
+MIN_TIME_S = 1e-6     # a measured time below a microsecond says nothing about compute or the channel
+MIN_FREQ_HZ = 1.0     # 0: not reported (plans for small models do set clocks below 1 MHz)
+KEEP_PLANS = 256      # telemetry under an older plan than these is ignored
+
+
+class RateLimited(RuntimeError):
+    """An operator plan beyond the operator bucket (the service answers RESOURCE_EXHAUSTED)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +75,17 @@ class ControllerSettings:
     min_interval_s: float = 1.0     # at most one plan per interval (operator requests excepted)
     alpha: float = 0.3              # EWMA weight of a new sample
     min_bytes_for_rate: int = 8192  # smaller sends say more about overheads than about the channel
+    warmup: int = 8                 # samples an estimate needs before plans use it (or its drift re-plans)
+    persist_s: float | None = None  # a step must last this long to be believed (None: min_interval_s)
+    resync_interval_s: float = 5.0  # at most one resync per interval (and per min_interval_s)
+    operator_burst: int = 5         # operator plans (Replan, SetQoS) at once ...
+    operator_per_s: float = 1.0     # ... and per second after that
+
+    def __post_init__(self):
+        if self.warmup < 1 or self.operator_burst < 1 or not self.operator_per_s > 0:
+            raise ValueError("warmup and operator_burst must be >= 1, operator_per_s > 0")
+        if not (self.resync_interval_s >= 0 and (self.persist_s is None or self.persist_s >= 0)):
+            raise ValueError("resync_interval_s and persist_s must be >= 0")
 
 
 @dataclass
@@ -94,13 +129,16 @@ class Controller:
         # FLOPs of a request of another size than the planned workload (analytic, cached)
         self._profile_at = lru_cache(maxsize=256)(profile_at) if profile_at else (lambda b, s: profile)
         s = settings
-        self.gain = Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
-        self.rate = Tracked(s.alpha, s.drift, s.hysteresis)  # measured / planned uplink rate
-        self.c_device = ComputeModel(system.device.flops_per_cycle, s.drift, s.hysteresis)
-        self.c_server = ComputeModel(system.server.flops_per_cycle, s.drift, s.hysteresis)
-        self.k_device = Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
-        self.k_server = Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True)
-        self.overhead = Ewma(s.alpha)
+        persist = s.min_interval_s if s.persist_s is None else s.persist_s
+        trust = dict(persist_s=persist, warmup=s.warmup)
+        self.gain = Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True, **trust)
+        self.rate = Tracked(s.alpha, s.drift, s.hysteresis)  # measured / planned uplink rate (its hysteresis)
+        self.c_device = ComputeModel(system.device.flops_per_cycle, s.drift, s.hysteresis, **trust)
+        self.c_server = ComputeModel(system.server.flops_per_cycle, s.drift, s.hysteresis, **trust)
+        self.k_device = Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True, **trust)
+        self.k_server = Tracked(s.alpha, s.drift, s.hysteresis, log_domain=True, **trust)
+        # seconds, often near 0: linear, and within drift x its level + 5 ms never an outlier
+        self.overhead = Tracked(s.alpha, s.drift, s.hysteresis, tol_abs=5e-3, **trust)
         self.counts = {"device": 0, "server": 0}
         self.plans: dict[int, ppb.Plan] = {}
         self.plan: ppb.Plan | None = None
@@ -110,13 +148,29 @@ class Controller:
         self.planner_id = uuid.uuid4().hex[:12]
         self._deferred: str | None = None
         self._timer: threading.Timer | None = None
+        self._claim: int | None = None            # the epoch a resync will move past, once it is due
+        self._last_resync_at = -math.inf
+        self._resync_timer: threading.Timer | None = None
+        self._operator_tokens = float(s.operator_burst)
+        self._operator_at = clock()
         self._lock = threading.RLock()
 
     # --- estimates ---------------------------------------------------------------------------
+    def _warm(self, estimator) -> bool:
+        return estimator.count >= self.settings.warmup
+
     def estimates(self) -> Estimates:
-        return Estimates(self.gain.value, self.c_device.flops_per_cycle, self.c_server.flops_per_cycle,
-                         self.k_device.value, self.k_server.value, self.overhead.value, self.counts["device"],
-                         self.counts["server"], self.c_device.fixed_s, self.c_server.fixed_s)
+        """What the planner believes: an estimate with fewer than `warmup` samples is not believed yet
+        (None: the system file's value is in use)."""
+        def warm(estimator, value):
+            return value if self._warm(estimator) else None
+
+        return Estimates(warm(self.gain, self.gain.value),
+                         warm(self.c_device, self.c_device.flops_per_cycle),
+                         warm(self.c_server, self.c_server.flops_per_cycle),
+                         warm(self.k_device, self.k_device.value), warm(self.k_server, self.k_server.value),
+                         warm(self.overhead, self.overhead.value), self.counts["device"], self.counts["server"],
+                         warm(self.c_device, self.c_device.fixed_s), warm(self.c_server, self.c_server.fixed_s))
 
     def effective_system(self) -> System:
         """The system file with every quantity that has been measured replaced by its estimate."""
@@ -133,91 +187,125 @@ class Controller:
 
     # --- telemetry ---------------------------------------------------------------------------
     def observe_device(self, sample: ppb.DeviceSample) -> ppb.Plan | None:
+        check_sample(sample)  # ValueError naming the field: nothing of a refused sample is used
         with self._lock:
             self.counts["device"] += 1
             plan = self.plans.get(sample.plan_epoch)
             if plan is None:
                 return None  # computed under a plan this planner never made (e.g. a static start)
+            now = self.clock()
             reasons = []
             profile = self._profile_at(max(1, sample.batch), max(1, sample.seq_len))
             device_seg, _ = profile.segments(plan.split_point)
-            if device_seg.flops > 0 and sample.compute_s > 0 and sample.freq_hz > 0:
+            if device_seg.flops > 0 and sample.compute_s >= MIN_TIME_S and sample.freq_hz >= MIN_FREQ_HZ:
                 x = plan.rho_device * device_seg.flops / sample.freq_hz
                 slowdown = max(1.0, self.system.device.max_freq_hz / sample.freq_hz)
-                self.c_device.observe(x, sample.compute_s, slowdown)
+                admitted = self.c_device.observe(x, sample.compute_s, slowdown, now)
                 planned = self.c_device.predict(x, self.planned_with.device_fixed_s,
                                                 self.planned_with.device_flops_per_cycle
                                                 or self.system.device.flops_per_cycle, slowdown)
-                if self.c_device.hysteresis.update(planned, sample.compute_s):
+                if (self.c_device.hysteresis.update(planned, sample.compute_s) and admitted
+                        and self._warm(self.c_device)):
                     reasons.append("compute_drift")
-            if sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and self.c_device.flops_per_cycle:
+            if (sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and sample.freq_hz >= MIN_FREQ_HZ
+                    and self.c_device.flops_per_cycle):
                 raw = power_coeff_from_energy(sample.energy_j, self.system.device.pue,
                                               plan.rho_device * device_seg.flops, self.c_device.flops_per_cycle,
                                               sample.freq_hz)
-                self.k_device.observe(raw)
-                if self.k_device.hysteresis.update(self.planned_with.device_power_coeff
-                                                   or self.system.device.power_coeff, raw):
-                    self.k_device.jump_to_recent()
+                if self._observe_power(self.k_device, raw, self.planned_with.device_power_coeff
+                                       or self.system.device.power_coeff, now):
                     reasons.append("power_drift")
-            if sample.bytes_sent >= self.settings.min_bytes_for_rate and sample.send_s > 0 and sample.tx_power_w > 0:
+            if (sample.bytes_sent >= self.settings.min_bytes_for_rate and sample.send_s >= MIN_TIME_S
+                    and sample.tx_power_w > 0):
                 rate = 8.0 * sample.bytes_sent / sample.send_s
                 ch = self.system.channel
                 planned_gain = self.planned_with.channel_gain or ch.gain
                 planned_rate = shannon_rate_bps(ch.bandwidth_hz, ch.noise_psd_w_per_hz, planned_gain,
                                                 sample.tx_power_w)
                 try:
-                    self.gain.observe(gain_from_rate(rate, sample.tx_power_w, ch.bandwidth_hz, ch.noise_psd_w_per_hz))
+                    gain = gain_from_rate(rate, sample.tx_power_w, ch.bandwidth_hz, ch.noise_psd_w_per_hz)
                 except ValueError:  # a rate the configured bandwidth cannot carry: the system file is off
                     log.warning("measured %.3g bit/s exceeds what B = %g Hz can carry; check the system file",
                                 rate, ch.bandwidth_hz)
                     return self._maybe_replan(reasons)
+                admitted = gain > 0 and self.gain.observe(gain, now)
                 # drift is judged on the rate (what delay depends on): at high SNR a gain estimate
                 # swings far more than the rate it came from
-                if self.rate.hysteresis.update(planned_rate, rate):
+                if self.rate.hysteresis.update(planned_rate, rate) and admitted and self._warm(self.gain):
                     self.gain.jump_to_recent()
                     reasons.append("channel_change")
             stages = sample.compute_s + sample.send_s + sample.server_s
             if sample.end_to_end_s > 0:
-                self.overhead.update(max(0.0, sample.end_to_end_s - stages))
+                self.overhead.observe(max(0.0, sample.end_to_end_s - stages), now)
             return self._maybe_replan(reasons)
 
+    def _observe_power(self, tracked: Tracked, raw: float, planned: float, now: float) -> bool:
+        """Offer a power coefficient; True when it has drifted from the planned one (and is believed)."""
+        if not (math.isfinite(raw) and raw > 0):
+            return False
+        admitted = tracked.observe(raw, now)
+        if tracked.hysteresis.update(planned, raw) and admitted and self._warm(tracked):
+            tracked.jump_to_recent()
+            return True
+        return False
+
     def observe_server(self, sample: ppb.ServerSample) -> ppb.Plan | None:
+        check_sample(sample)
         with self._lock:
             self.counts["server"] += 1
             plan = self.plans.get(sample.plan_epoch)
             if plan is None:
                 return None
+            now = self.clock()
             reasons = []
             rows = max(1, sample.batch_rows or sample.batch)
             _, server_seg = self._profile_at(rows, max(1, sample.seq_len)).segments(plan.split_point)
-            if server_seg.flops > 0 and sample.compute_s > 0 and sample.freq_hz > 0:
+            if server_seg.flops > 0 and sample.compute_s >= MIN_TIME_S and sample.freq_hz >= MIN_FREQ_HZ:
                 x = plan.rho_server * server_seg.flops / sample.freq_hz
                 slowdown = max(1.0, self.system.server.max_freq_hz / sample.freq_hz)
-                self.c_server.observe(x, sample.compute_s, slowdown)
+                admitted = self.c_server.observe(x, sample.compute_s, slowdown, now)
                 planned = self.c_server.predict(x, self.planned_with.server_fixed_s,
                                                 self.planned_with.server_flops_per_cycle
                                                 or self.system.server.flops_per_cycle, slowdown)
-                if self.c_server.hysteresis.update(planned, sample.compute_s):
+                if (self.c_server.hysteresis.update(planned, sample.compute_s) and admitted
+                        and self._warm(self.c_server)):
                     reasons.append("compute_drift")
-            if sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and self.c_server.flops_per_cycle:
+            if (sample.energy_source in ("rapl", "nvml") and sample.energy_j > 0 and sample.freq_hz >= MIN_FREQ_HZ
+                    and self.c_server.flops_per_cycle):
                 share = sample.batch / rows
                 raw = power_coeff_from_energy(sample.energy_j, self.system.server.pue,
                                               plan.rho_server * server_seg.flops * share,
-                                              self.c_server.flops_per_cycle, sample.freq_hz)
-                self.k_server.observe(raw)
-                if self.k_server.hysteresis.update(self.planned_with.server_power_coeff
-                                                   or self.system.server.power_coeff, raw):
-                    self.k_server.jump_to_recent()
+                                              self.c_server.flops_per_cycle, sample.freq_hz) if share > 0 else 0.0
+                if self._observe_power(self.k_server, raw, self.planned_with.server_power_coeff
+                                       or self.system.server.power_coeff, now):
                     reasons.append("power_drift")
             return self._maybe_replan(reasons)
 
-    # --- planning ----------------------------------------------------------------------------
+    # --- planning ---------------------------------------------------------------------------
     def set_qos(self, max_delay_s: float, max_energy_j: float) -> ppb.Plan:
-        if not (max_delay_s > 0 and max_energy_j > 0):
-            raise ValueError("qos: max_delay_s and max_energy_j must be positive")
+        """New limits and a plan for them. ValueError naming the field for limits outside their bounds
+        (coinfer.planner.bounds), RateLimited beyond the operator bucket; either way nothing is stored."""
+        check_qos(max_delay_s, max_energy_j)
         with self._lock:
-            self.qos = replace(self.qos, max_delay_s=max_delay_s, max_energy_j=max_energy_j)
-            return self.replan("qos_change")
+            self._take_operator_token("SetQoS")
+            before = self.qos
+            self.qos = replace(self.qos, max_delay_s=float(max_delay_s), max_energy_j=float(max_energy_j))
+            try:
+                return self._replan("qos_change")
+            except BaseException:
+                self.qos = before
+                raise
+
+    def _take_operator_token(self, what: str) -> None:
+        s, now = self.settings, self.clock()
+        self._operator_tokens = min(float(s.operator_burst),
+                                    self._operator_tokens + (now - self._operator_at) * s.operator_per_s)
+        self._operator_at = now
+        if self._operator_tokens < 1.0:
+            wait = (1.0 - self._operator_tokens) / s.operator_per_s
+            raise RateLimited(f"{what}: at most {s.operator_burst} operator plans at once and "
+                              f"{s.operator_per_s:g} per second after that; retry in {wait:.2f} s")
+        self._operator_tokens -= 1.0
 
     def _maybe_replan(self, reasons: list[str]) -> ppb.Plan | None:
         if not reasons:
@@ -226,7 +314,7 @@ class Controller:
         reason = min(reasons, key=("channel_change", "power_drift", "compute_drift").index)
         wait = self._last_plan_at + self.settings.min_interval_s - self.clock()
         if wait <= 0:
-            return self.replan(reason)
+            return self._replan(reason)
         if self._deferred is None:  # one deferred re-plan carries the first reason
             self._deferred = reason
             self._timer = threading.Timer(wait, self._fire_deferred)
@@ -238,13 +326,26 @@ class Controller:
         with self._lock:
             reason, self._deferred = self._deferred, None
             if reason is not None:
-                self.replan(reason)
+                self._replan(reason)
 
     def replan(self, reason: str) -> ppb.Plan:
-        """Solve now and publish a plan with the next epoch."""
+        """Solve now and publish a plan with the next epoch. An operator's (`operator_request`) skips
+        min_interval_s but draws on the operator bucket: RateLimited beyond it."""
+        with self._lock:
+            if reason in OPERATOR_REASONS:
+                self._take_operator_token("Replan")
+            return self._replan(reason)
+
+    def _replan(self, reason: str) -> ppb.Plan:
         from coinfer.planner.sweep import plan_splits
 
         with self._lock:
+            if self._claim is not None and self.clock() >= self._resync_due():
+                # a node holds another planner's epoch: this plan goes past it (and must be published)
+                self._epoch_floor = max(self._epoch_floor, self._claim)
+                self._claim, self._last_resync_at = None, self.clock()
+                if reason in SILENT_IF_UNCHANGED:
+                    reason = "resync"
             system = self.effective_system()
             result = plan_splits(self.profile, system, split=self.settings.split, codec=self.settings.codec)
             plan = self._plan_from(result, system, reason)
@@ -257,9 +358,11 @@ class Controller:
                 self.plan.predicted_delay_s = plan.predicted_delay_s
                 return self.plan
             self.plans[plan.epoch] = plan
+            while len(self.plans) > KEEP_PLANS:
+                del self.plans[next(iter(self.plans))]
             self.plan = plan
             self._last_plan_at = self.clock()
-            if self._timer is not None and reason == "operator_request":
+            if self._timer is not None and reason in OPERATOR_REASONS:
                 self._timer.cancel()
                 self._deferred = None
         log.info("plan epoch %d (%s): k=%d rho=%.3f/%.3f p=%.4g W feasible=%s", plan.epoch, reason,
@@ -267,19 +370,54 @@ class Controller:
         self.on_plan(plan)
         return plan
 
+    # --- epochs ------------------------------------------------------------------------------
     def adopt_epoch(self, known_epoch: int, known_planner_id: str) -> None:
         """A node holds `known_epoch` from another planner (this one restarted): if that is at or past
-        ours, re-issue the plan above it."""
+        ours, re-issue the plan above it, by a resync that is rate limited (one per resync_interval_s
+        and min_interval_s; one inside it is deferred, not lost) and moves this planner's epoch at most
+        MAX_EPOCH_JUMP above its own. ValueError (naming known_epoch) for a claim above MAX_EPOCH, or
+        for an epoch of this planner's own that it never issued."""
+        check_claim(known_epoch, known_planner_id)
         with self._lock:
-            if self.plan is None or not known_planner_id or known_planner_id == self.planner_id:
+            if self.plan is None or not known_planner_id:
+                return
+            if known_planner_id == self.planner_id:
+                if known_epoch > self.plan.epoch:
+                    raise ValueError(f"known_epoch: planner {self.planner_id} has issued epochs up to "
+                                     f"{self.plan.epoch}, not {known_epoch}")
                 return
             if known_epoch < self.plan.epoch:
                 return
-            self._epoch_floor = known_epoch
-            self.replan("resync")
+            target = min(known_epoch, self.plan.epoch + MAX_EPOCH_JUMP)
+            if target < known_epoch:
+                log.warning("a node claims epoch %d of planner %s: moving at most %d above epoch %d",
+                            known_epoch, known_planner_id[:64], MAX_EPOCH_JUMP, self.plan.epoch)
+            self._claim = max(self._claim or 0, target)
+            self._schedule_resync()
+
+    def _resync_due(self) -> float:
+        return self._last_resync_at + max(self.settings.resync_interval_s, self.settings.min_interval_s)
+
+    def _schedule_resync(self) -> None:
+        now = self.clock()
+        due = max(self._resync_due(), self._last_plan_at + self.settings.min_interval_s)
+        if now >= due:
+            self._replan("resync")
+        elif self._resync_timer is None:
+            self._resync_timer = threading.Timer(due - now, self._fire_resync)
+            self._resync_timer.daemon = True
+            self._resync_timer.start()
+
+    def _fire_resync(self) -> None:
+        with self._lock:
+            self._resync_timer = None
+            if self._claim is not None:
+                self._schedule_resync()
 
     def _plan_from(self, result, system: System, reason: str) -> ppb.Plan:
         epoch = max(self.plan.epoch if self.plan else 0, self._epoch_floor) + 1
+        if epoch > UINT64_MAX:  # unreachable: claims are bounded and jumps are rate limited (bounds.py)
+            raise RuntimeError(f"epoch {epoch} does not fit a uint64")
         sol = result.plan
         common = dict(epoch=epoch, reason=reason, created_unix_s=time.time(), model_id=self.profile.name,
                       prune_method=self.settings.prune_method, codec=self.settings.codec,

@@ -13,7 +13,7 @@ import threading
 
 import grpc
 
-from coinfer.planner.controller import Controller
+from coinfer.planner.controller import Controller, RateLimited
 from coinfer.protos import planner_pb2 as ppb
 from coinfer.protos import planner_pb2_grpc as ppb_grpc
 from coinfer.serving import StreamLimits, blocking_executor
@@ -137,11 +137,16 @@ class PlannerService(ppb_grpc.PlannerServicer):
     async def SetQoS(self, request, context):
         try:
             return await self._call(self.controller.set_qos, request.qos.max_delay_s, request.qos.max_energy_j)
-        except ValueError as exc:
+        except ValueError as exc:  # outside its bounds: nothing was stored
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except RateLimited as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
     async def Replan(self, request, context):
-        return await self._call(self.controller.replan, "operator_request")
+        try:
+            return await self._call(self.controller.replan, "operator_request")
+        except RateLimited as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)

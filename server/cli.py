@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from coinfer.options import add_model_arguments
+from coinfer.options import add_model_arguments, add_planner_arguments
 
 # the service's limits, repeated here as literals so that `coinfer --help` imports no grpc or torch
 DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_QUEUED = 4096, 64, 4096
@@ -37,13 +37,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0,
                         help="how long the oldest queued request may wait for others to batch with; 0 "
                              "starts at once and batches only what queued while busy (default: %(default)s)")
-    parser.add_argument("--planner", metavar="HOST:PORT",
-                        help="follow this planner's plans (split, rho, frequency cap) and report telemetry to it")
-    parser.add_argument("--min-rho", type=float, default=0.0,
-                        help="refuse a planner's plan that would prune this half below this ratio (the last "
-                             "good plan stays in force; plans that say they are infeasible are always "
-                             "refused) (default: %(default)s)")
-    parser.add_argument("--node-id", default="server", help="name in telemetry (default: %(default)s)")
+    add_planner_arguments(parser, "server", "split, rho, frequency cap")
     parser.add_argument("--metrics-listen", metavar="HOST:PORT",
                         help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics")
     parser.add_argument("--max-freq-hz", type=float, default=3.0e9,

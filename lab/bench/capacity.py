@@ -22,6 +22,8 @@ import sys
 import time
 
 TARGET_P99_MS = 100.0
+# gRPC shares one connection among channels to the same target; each channel here gets its own
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def _percentiles(samples_s: list[float]) -> dict:
@@ -78,7 +80,8 @@ async def _server_section(streams: int, per_channel: int, repeats: int) -> dict:
         await stub.Info(pb.InfoRequest(), timeout=30)
         idle = await measure()
         rss_before = _rss(server.proc.pid)
-        channels = [grpc.aio.insecure_channel(server.address) for _ in range(-(-streams // per_channel))]
+        channels = [grpc.aio.insecure_channel(server.address, OWN_CONNECTION)
+                    for _ in range(-(-streams // per_channel))]
         opened = []
         started = time.perf_counter()
         for i in range(streams):
@@ -90,7 +93,7 @@ async def _server_section(streams: int, per_channel: int, repeats: int) -> dict:
         rss_after = _rss(server.proc.pid)
         loaded = await measure()
         # one more than the limit, on a fresh connection: refused, not queued
-        extra_channel = grpc.aio.insecure_channel(server.address)
+        extra_channel = grpc.aio.insecure_channel(server.address, OWN_CONNECTION)
         extra = pb_grpc.CoInferenceStub(extra_channel).InferStream()
         try:
             await asyncio.wait_for(extra.read(), timeout=10)
@@ -140,7 +143,8 @@ async def _planner_section(nodes: int, per_channel: int, repeats: int) -> dict:
         rss_before = _rss(planner.proc.pid)
         # a node holds two streams (plans and telemetry): per_channel // 2 nodes share a connection
         nodes_per_channel = max(1, per_channel // 2)
-        channels = [grpc.aio.insecure_channel(planner.address) for _ in range(-(-nodes // nodes_per_channel))]
+        channels = [grpc.aio.insecure_channel(planner.address, OWN_CONNECTION)
+                    for _ in range(-(-nodes // nodes_per_channel))]
         watches, reports = [], []
         started = time.perf_counter()
         for i in range(nodes):

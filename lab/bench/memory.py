@@ -92,23 +92,24 @@ def run(model: str = "minilm", splits=None, out_dir: Path | None = None, progres
 
 def _plot(rows, whole, name, num_blocks, out_dir) -> str:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     for half, marker in (("device", "o"), ("server", "s")):
         points = [(r["split"], r[half]["peak_rss_mb"]) for r in rows if half in r]
         if points:
             ax.plot(*zip(*points), marker=marker, label=f"{half} half, peak RSS")
     ax.axhline(whole["peak_rss_mb"], color="grey", linestyle="--",
                label=f"whole model, peak RSS ({whole['peak_rss_mb']:.0f} MiB)")
-    # the whole model's build is transformers' own (initialised, then filled): its resident size after
-    # the forward is lower than its peak, while a half's peak and resident size nearly coincide
+    # The whole model is filled in one piece (ModelSource.load_into: every value read, then copied in), so
+    # its peak holds its weights twice; a half is filled module by module, its peak near its resident size.
     ax.axhline(whole["rss_mb"], color="grey", linestyle="-.", linewidth=0.8,
                label=f"whole model, resident after the forward ({whole['rss_mb']:.0f} MiB)")
     floor = min(r[h]["import_peak_rss_mb"] for r in rows for h in ("device", "server") if h in r)
     ax.axhline(floor, color="grey", linestyle=":", label=f"torch + transformers imported ({floor:.0f} MiB)")
     ax.set_xlabel(f"split point k (device holds blocks < k, of {num_blocks})")
     ax.set_ylabel("MiB")
+    ax.set_ylim(floor * 0.9, whole["peak_rss_mb"] * 1.35)  # room for the legend above the lines
     ax.set_title(f"Peak memory per process: {name}")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", ncol=2)
     return save_figure(fig, out_dir, "memory")
 
 

@@ -47,11 +47,15 @@ def load_compose(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?-)([^}]*))?\}|\$(\w+)")
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+# What a user must set (${VAR:?message} in the files): the values these tests run with.
+REQUIRED = {"COINFER_TOKEN": "compose-test-token"}
+TOKEN_METADATA = (("authorization", f"Bearer {REQUIRED['COINFER_TOKEN']}"),)
 
 
 def interpolate(value):
-    """Compose's ${VAR:-default} with no variable set: the defaults (what a bare `up` runs)."""
+    """Compose's ${VAR:-default} with no variable set: the defaults (what a bare `up` runs); a required
+    ${VAR:?message} takes its value from REQUIRED."""
     if isinstance(value, list):
         return [interpolate(v) for v in value]
     if not isinstance(value, str):
@@ -60,6 +64,8 @@ def interpolate(value):
     def substitute(match: re.Match) -> str:
         if match.group(0) == "$$":
             return "$"
+        if match.group(2) and match.group(2).endswith("?"):
+            return REQUIRED[match.group(1)]
         return match.group(3) if match.group(2) else ""
 
     return _VARIABLE.sub(substitute, value)
@@ -262,7 +268,9 @@ def test_a_real_compose_implementation_validates_the_files(files):
     for tool in implementations:
         version = subprocess.run([*tool, "version"], capture_output=True, text=True).stdout.splitlines()[0]
         args = [*tool, *(a for f in files for a in ("-f", str(f))), "config"]
-        done = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT, env=_clean_env())
+        missing = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT, env=_clean_env())
+        assert missing.returncode != 0 and "COINFER_TOKEN" in missing.stderr, "the token must be required"
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT, env=_clean_env(REQUIRED))
         assert done.returncode == 0, f"{version}: {' '.join(args)} refused the file:\n{done.stderr}"
         resolved = yaml.safe_load(done.stdout)["services"]
         assert set(resolved) == SERVICES, version
@@ -601,14 +609,17 @@ def test_the_four_processes_as_compose_starts_them_answer_the_device(path, tmp_p
         epochs = [int(e) for e in re.findall(r"\(plan (\d+)\)", done.stderr)]
         assert epochs and min(epochs) >= 1, done.stderr
         with grpc.insecure_channel(where.addresses[("server", 50051)]) as ch:
-            info = coinfer_pb2_grpc.CoInferenceStub(ch).Info(coinfer_pb2.InfoRequest(), timeout=10)
+            info = coinfer_pb2_grpc.CoInferenceStub(ch).Info(coinfer_pb2.InfoRequest(), timeout=10,
+                                                             metadata=TOKEN_METADATA)
         assert info.requests_computed >= len(epochs) and info.plan_epoch >= 1
         # ... through the channel emulator, whose transmit power the device set from that plan
         with grpc.insecure_channel(where.addresses[("channel", 50053)]) as ch:
-            stats = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.ChannelStatsRequest(), timeout=10)
+            stats = channel_pb2_grpc.ChannelControlStub(ch).GetStats(channel_pb2.ChannelStatsRequest(), timeout=10,
+                                                                     metadata=TOKEN_METADATA)
         assert stats.bytes_up >= sum(r["bytes_sent"] for r in records[:1]) and stats.connections_total >= 1
         with grpc.insecure_channel(where.addresses[("planner", 50060)]) as ch:
-            state = planner_pb2_grpc.PlannerStub(ch).GetState(planner_pb2.StateRequest(), timeout=10)
+            state = planner_pb2_grpc.PlannerStub(ch).GetState(planner_pb2.StateRequest(), timeout=10,
+                                                              metadata=TOKEN_METADATA)
         if state.plan.epoch == epochs[-1]:  # no newer plan since the device's last request
             assert abs(stats.tx_power_w - state.plan.tx_power_w) <= 1e-9 * max(1.0, state.plan.tx_power_w)
     finally:

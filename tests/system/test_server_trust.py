@@ -23,6 +23,8 @@ from coinfer.protos import coinfer_pb2 as pb
 from coinfer.protos import coinfer_pb2_grpc as pb_grpc
 
 MODEL, SPLIT, HIDDEN = "random:bert-tiny", 1, 64
+# gRPC shares one connection among channels to the same target; each of these channels gets its own
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def request(request_id: str, rows: int = 1, seq: int = 8, hidden: torch.Tensor | None = None) -> pb.InferRequest:
@@ -42,7 +44,7 @@ def tiny_server():
 def test_idle_streams_hold_no_thread_health_info_and_infer_still_answer(tiny_server):
     """16 idle streams froze the threaded server; 100 must not slow anything down."""
     async def scenario():
-        channels = [grpc.aio.insecure_channel(tiny_server.address) for _ in range(4)]
+        channels = [grpc.aio.insecure_channel(tiny_server.address, OWN_CONNECTION) for _ in range(4)]
         streams = [pb_grpc.CoInferenceStub(channels[i % 4]).InferStream() for i in range(100)]
         for call in streams:
             await call.wait_for_connection()
@@ -71,7 +73,8 @@ def test_streams_beyond_the_limit_are_refused_not_hung():
                          "--listen", "127.0.0.1:0", "--max-streams", "3",
                          "--max-streams-per-connection", "2"], "limited-server") as server:
         async def scenario():
-            async with grpc.aio.insecure_channel(server.address) as a, grpc.aio.insecure_channel(server.address) as b:
+            async with grpc.aio.insecure_channel(server.address, OWN_CONNECTION) as a, \
+                    grpc.aio.insecure_channel(server.address, OWN_CONNECTION) as b:
                 held = [pb_grpc.CoInferenceStub(a).InferStream(), pb_grpc.CoInferenceStub(a).InferStream()]
                 for call in held:
                     await call.wait_for_connection()
@@ -115,11 +118,11 @@ def test_a_reused_request_id_with_another_payload_is_refused_never_answered(tiny
 def test_a_reused_id_while_the_first_is_in_flight_is_refused(tiny_server):
     big = request("in-flight-twin", rows=64, seq=128)
     twin = request("in-flight-twin", rows=4, seq=8)
-    with InferenceClient(tiny_server.address, use_stream=True) as client:
-        stream = client._open_stream()
-        first, second = stream.submit(big), stream.submit(twin)
-        assert not first.result(30).HasField("error")
-        reply = second.result(30)
+    with InferenceClient(tiny_server.address) as first_client, InferenceClient(tiny_server.address) as other:
+        first = first_client._open_stream().submit(big)
+        second = other._open_stream().submit(twin)  # while the first is queued or computing
+        assert not first.result(60).HasField("error")
+        reply = second.result(60)
     assert reply.error.code == grpc.StatusCode.ALREADY_EXISTS.value[0] and "request_id" in reply.error.message
 
 
@@ -243,3 +246,40 @@ def test_metrics_ask_for_the_token_when_one_is_set():
             urllib.request.urlopen(wrong, timeout=10)
         right = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"})
         assert "coinfer_server_plan_epoch" in urllib.request.urlopen(right, timeout=10).read().decode()
+
+
+def test_stream_capacity_script_reports_a_server_and_planner_that_keep_answering():
+    """scripts/stream_capacity, small: every stream open (one more refused), p99 under its target."""
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "stream_capacity"
+    done = subprocess.run([str(script), "--streams", "80", "--nodes", "40", "--per-connection", "16",
+                           "--repeats", "30"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["server"]["one_more_stream"] == "RESOURCE_EXHAUSTED"
+    assert result["planner"]["subscribers_seen"] == 40
+    assert result["meets_target"], result
+
+
+def test_a_server_refuses_an_infeasible_plan_and_keeps_its_own(tmp_path):
+    """Finding 3, the node half: a plan that says it is infeasible is never applied."""
+    system = tmp_path / "impossible.yaml"
+    system.write_text("""weight_bits: 16
+device: {max_freq_hz: 2.0e9, flops_per_cycle: 8, pue: 1.0, power_coeff: 1.0e-28, max_tx_power_w: 0.2}
+server: {max_freq_hz: 1.5e9, flops_per_cycle: 1024, pue: 1.5, power_coeff: 5.0e-27}
+channel: {bandwidth_hz: 1.0e7, noise_psd_w_per_hz: 3.98e-21, gain: 1.0e-9}
+qos: {max_delay_s: 1.0e-6, max_energy_j: 1.0e-6}
+distortion: {model: magnitude, min_ratio: 0.05}
+""")
+    with ServiceProcess(["planner", "--model", MODEL, "--split", str(SPLIT), "--system", str(system),
+                         "--listen", "127.0.0.1:0"], "impossible-planner") as planner:
+        with ServiceProcess(["--log-level", "INFO", "server", "--model", MODEL, "--split", str(SPLIT),
+                             "--listen", "127.0.0.1:0", "--planner", planner.address],
+                            "following-server", stderr=subprocess.STDOUT) as server:
+            server.wait_for_output("refused: the planner says it is infeasible", timeout_s=60)
+            with InferenceClient(server.address) as client:
+                info = client.info()
+                assert info.plan_epoch == 0 and info.rho == 1.0  # the command line's plan, still
+                assert list(client.infer(request("after-refusal")).output.shape) == [1, HIDDEN]

@@ -151,3 +151,14 @@ def test_encode_into_a_request_field_equals_encode(codec):
     assert request.hidden_states == encode(x, codec)
     assert request.WhichOneof("payload") == "hidden_states"
     assert torch.equal(decode(request.hidden_states), decode(encode(x, codec)))
+
+
+@pytest.mark.parametrize("byte", [b"\x02", b"\xff"])
+def test_bool_bytes_other_than_0_and_1_are_refused(byte):
+    """A hostile mask byte 0x02/0xff would otherwise decode as True and pass every later 0/1 check."""
+    msg = encode(torch.ones(1, 4, dtype=torch.bool))
+    msg.data = b"\x01" + byte + b"\x00\x01"
+    with pytest.raises(WireError, match=r"attention_mask.data: .*0 or 1"):
+        decode(msg, "attention_mask")
+    msg.data = b"\x01\x01\x00\x01"
+    assert decode(msg, "attention_mask").tolist() == [[True, True, False, True]]
