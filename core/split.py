@@ -55,12 +55,14 @@ def _prepare_config(src: ModelSource):
 
 
 class EmbeddingStage(nn.Module):
-    """Token ids -> the hidden states that enter block 0."""
+    """Token ids -> the hidden states that enter block 0 (ELECTRA: after `embeddings_project` when its
+    embedding width differs from the hidden width, as ElectraModel does)."""
 
     def __init__(self, src: ModelSource):
         super().__init__()
         config = _prepare_config(src)
         self.family = src.family
+        self.project = None
         if src.family == "bart":
             from transformers.models.bart.modeling_bart import BartEncoder
 
@@ -68,23 +70,53 @@ class EmbeddingStage(nn.Module):
             self.embed = BartEncoder(_with(config, encoder_layers=0))
         else:
             self.embed = type(src.skeleton.embeddings)(config)
+            skeleton_project = getattr(src.skeleton, "embeddings_project", None)
+            if skeleton_project is not None:
+                self.project = src.load_into(
+                    nn.Linear(skeleton_project.in_features, skeleton_project.out_features), "embeddings_project.")
         src.load_into(self.embed, src.embedding_prefix)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.family == "bart":
             return self.embed(input_ids=input_ids).last_hidden_state
-        return self.embed(input_ids=input_ids)
+        hidden = self.embed(input_ids=input_ids)
+        return self.project(hidden) if self.project is not None else hidden
 
 
 def build_embedding_stage(src: ModelSource) -> EmbeddingStage:
     return EmbeddingStage(src)
 
 
+def _skeleton_layers(src: ModelSource):
+    if src.family == "bart":
+        return src.skeleton.encoder.layers
+    if src.config.model_type == "distilbert":
+        return src.skeleton.transformer.layer
+    return src.skeleton.encoder.layer
+
+
 def build_block(src: ModelSource, i: int) -> nn.Module:
+    import inspect
+
     config = _prepare_config(src)
-    layers = src.skeleton.encoder.layers if src.family == "bart" else src.skeleton.encoder.layer
-    block = type(layers[0])(config, layer_idx=i)
+    cls = type(_skeleton_layers(src)[0])
+    # DistilBERT's and MPNet's layers take no layer index.
+    block = cls(config, layer_idx=i) if "layer_idx" in inspect.signature(cls.__init__).parameters else cls(config)
     return src.load_into(block, src.block_prefix(i))
+
+
+class PositionBias(nn.Module):
+    """MPNet's relative position bias: one table shared by all layers (encoder.relative_attention_bias),
+    computed as MPNetEncoder computes it and added to every layer's attention scores."""
+
+    def __init__(self, src: ModelSource):
+        super().__init__()
+        from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+        self.encoder = src.load_into(MPNetEncoder(_with(_prepare_config(src), num_hidden_layers=0)), "encoder.")
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.encoder.compute_position_bias(hidden)
 
 
 def build_generator(src: ModelSource) -> nn.Module:
@@ -118,14 +150,17 @@ class EncoderSegment(nn.Module):
         self.start, self.stop = start, stop
         self.embedding = build_embedding_stage(src) if with_embedding else None
         self.blocks = nn.ModuleList(build_block(src, i) for i in range(start, stop))
+        needs_bias = src.config.model_type == "mpnet" and stop > start
+        self.position_bias = PositionBias(src) if needs_bias else None
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.embedding(x) if self.embedding is not None else x
         if len(self.blocks):
             mask = make_attention_mask(self.src, hidden, attention_mask)
+            extra = (self.position_bias(hidden),) if self.position_bias is not None else ()
             for block in self.blocks:
-                out = block(hidden, mask)
+                out = block(hidden, mask, *extra)
                 hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
@@ -140,13 +175,41 @@ class EncoderSegment(nn.Module):
         return found
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
-    """Sentence embedding from token states, as sentence-transformers' Pooling (+ Normalize) modules do."""
+def _pool_one(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """One of sentence-transformers' pooling modes, computed as its Pooling module computes it."""
     if mode == "cls":
-        pooled = hidden[:, 0]
-    else:
+        first = attention_mask.to(torch.int).argmax(dim=1)
+        return torch.gather(hidden, 1, first.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
+    if mode == "max":
+        mask = attention_mask.unsqueeze(-1).expand_as(hidden)
+        return hidden.masked_fill(mask == 0, float("-inf")).max(dim=1).values
+    accumulate = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
+    if mode in ("mean", "mean_sqrt_len_tokens"):
         weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        total = (hidden * weights).sum(1, dtype=accumulate)
+        count = weights.sum(1, dtype=accumulate).clamp(min=1e-9)
+        return (total / (count if mode == "mean" else count.sqrt())).to(hidden.dtype)
+    if mode == "weightedmean":
+        positions = torch.arange(1, hidden.shape[1] + 1, dtype=accumulate, device=hidden.device).view(1, -1, 1)
+        positions = positions - attention_mask.to(torch.int32).argmax(dim=1).view(-1, 1, 1)  # left padding
+        weights = attention_mask.unsqueeze(-1).to(accumulate) * positions
+        return ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)).to(hidden.dtype)
+    if mode == "lasttoken":
+        seq_len = hidden.shape[1]
+        values, indices = attention_mask.flip(1).max(1)
+        indices = torch.where(values == 0, seq_len - 1, indices)
+        gather = (seq_len - indices - 1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        masked = hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return torch.gather(masked, 1, gather).squeeze(1)
+    raise UsageError(f"unknown pooling mode {mode!r}")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
+    """Sentence embedding from token states, as sentence-transformers' Pooling (+ Normalize) modules do.
+    `mode` is one mode or several joined by "+" (concatenated in that order, as sentence-transformers does)."""
+    modes = mode.split("+")
+    parts = [_pool_one(hidden, attention_mask, m) for m in modes]
+    pooled = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
     return nn.functional.normalize(pooled, p=2, dim=1) if normalize else pooled
 
 
@@ -226,7 +289,11 @@ def block_tensors(src: ModelSource, i: int) -> dict[str, torch.Tensor]:
 
 
 def embedding_tensors(src: ModelSource) -> dict[str, torch.Tensor]:
-    return dict(build_embedding_stage(src).embed.state_dict(prefix=src.embedding_prefix))
+    stage = build_embedding_stage(src)
+    found = dict(stage.embed.state_dict(prefix=src.embedding_prefix))
+    if stage.project is not None:
+        found.update(stage.project.state_dict(prefix="embeddings_project."))
+    return found
 
 
 def head_tensors(src: ModelSource) -> dict[str, torch.Tensor]:

@@ -190,13 +190,22 @@ class DeviceRuntime:
                                                timeout=max(0.0, deadline - time.monotonic()))
 
     def connect(self, timeout_s: float = 30.0) -> pb.ServerInfo | None:
-        """Wait for the server and check it holds the same model, split point and plan epoch."""
+        """Wait for the server and check it holds the same model, split point and plan epoch.
+
+        The model is compared by content (`ModelSource.fingerprint`) when the server reports one, so
+        the same weights in another folder are accepted and other weights under the same name are not;
+        a server that reports none is compared by name."""
         if self.client is None:
             return None
         self.client.wait_ready(timeout_s)
         info = self.client.info()
         problems = []
-        if info.model_id != self.src.name:
+        server_fingerprint = getattr(info, "model_fingerprint", "")
+        if server_fingerprint:
+            if server_fingerprint != self.src.fingerprint:
+                problems.append(f"model {info.model_id!r} with fingerprint {server_fingerprint} "
+                                f"(device has {self.src.name!r} with fingerprint {self.src.fingerprint})")
+        elif info.model_id != self.src.name:
             problems.append(f"model {info.model_id!r} (device has {self.src.name!r})")
         if info.split_point != self.split:
             problems.append(f"split point {info.split_point} (device has {self.split})")
@@ -231,7 +240,7 @@ class DeviceRuntime:
         plan, g = state.plan, self.generation
         request = pb.InferRequest(
             request_id=request_id, plan_epoch=plan.epoch, split_point=plan.split, model_id=self.src.name,
-            attention_mask=encode(mask),
+            model_fingerprint=self.src.fingerprint, attention_mask=encode(mask),
             generate=pb.GenerateOptions(max_new_tokens=g.max_new_tokens, num_beams=g.num_beams,
                                         min_new_tokens=g.min_new_tokens))
         if plan.split == 0:

@@ -21,8 +21,12 @@ Outliers: telemetry is not authenticated, and real machines stall now and then. 
 behind an `OutlierGate` (a Hampel test: a sample further from the median of the last admitted ones than
 max(3 x 1.4826 MAD, a tolerance) is held back). A held-back sample enters nothing; only a run of
 `count` of them on the same side, lasting `persist_s`, is a step and is admitted (one outlier in 30,
-or a burst between honest samples, moves nothing). The controller also uses an estimate only once it
-has admitted `warmup` samples, so a fresh planner does not act on a handful.
+or a burst between honest samples, moves nothing). The first `warmup` samples have nothing to be judged
+against and are all taken, then cleaned by the same test against each other (majority rules: a few
+forged ones among the first leave no trace); the controller uses an estimate, and acts on its drift,
+only once it has `warmup` samples, so a fresh planner does not act on a handful. A relative-error fit
+is hurt most by a sample that claims to be too fast (its residual is unbounded, a too-slow one's at
+most 1): the gate is symmetric in the log domain, so both are held back alike.
 """
 from __future__ import annotations
 

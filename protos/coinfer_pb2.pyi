@@ -74,7 +74,7 @@ class GenerateOptions(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., num_beams: _Optional[int] = ..., min_new_tokens: _Optional[int] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("request_id", "plan_epoch", "split_point", "model_id", "hidden_states", "input_ids", "attention_mask", "generate")
+    __slots__ = ("request_id", "plan_epoch", "split_point", "model_id", "hidden_states", "input_ids", "attention_mask", "generate", "model_fingerprint")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_EPOCH_FIELD_NUMBER: _ClassVar[int]
     SPLIT_POINT_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class InferRequest(_message.Message):
     INPUT_IDS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     plan_epoch: int
     split_point: int
@@ -91,7 +92,8 @@ class InferRequest(_message.Message):
     input_ids: Tensor
     attention_mask: Tensor
     generate: GenerateOptions
-    def __init__(self, request_id: _Optional[str] = ..., plan_epoch: _Optional[int] = ..., split_point: _Optional[int] = ..., model_id: _Optional[str] = ..., hidden_states: _Optional[_Union[Tensor, _Mapping]] = ..., input_ids: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., generate: _Optional[_Union[GenerateOptions, _Mapping]] = ...) -> None: ...
+    model_fingerprint: str
+    def __init__(self, request_id: _Optional[str] = ..., plan_epoch: _Optional[int] = ..., split_point: _Optional[int] = ..., model_id: _Optional[str] = ..., hidden_states: _Optional[_Union[Tensor, _Mapping]] = ..., input_ids: _Optional[_Union[Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[Tensor, _Mapping]] = ..., generate: _Optional[_Union[GenerateOptions, _Mapping]] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
 
 class ServerTiming(_message.Message):
     __slots__ = ("queue_s", "compute_s", "decode_s", "batch_size", "batch_rows", "energy_j", "energy_source", "freq_hz")
@@ -140,7 +142,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("model_id", "family", "num_blocks", "split_point", "plan_epoch", "rho", "prune_method", "device", "max_message_bytes", "output_kind", "freq_cap_hz", "freq_mode", "energy_source", "requests_computed", "replies_from_cache")
+    __slots__ = ("model_id", "family", "num_blocks", "split_point", "plan_epoch", "rho", "prune_method", "device", "max_message_bytes", "output_kind", "freq_cap_hz", "freq_mode", "energy_source", "requests_computed", "replies_from_cache", "model_fingerprint")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +158,7 @@ class ServerInfo(_message.Message):
     ENERGY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_COMPUTED_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     family: str
     num_blocks: int
@@ -171,4 +174,5 @@ class ServerInfo(_message.Message):
     energy_source: str
     requests_computed: int
     replies_from_cache: int
-    def __init__(self, model_id: _Optional[str] = ..., family: _Optional[str] = ..., num_blocks: _Optional[int] = ..., split_point: _Optional[int] = ..., plan_epoch: _Optional[int] = ..., rho: _Optional[float] = ..., prune_method: _Optional[str] = ..., device: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., output_kind: _Optional[str] = ..., freq_cap_hz: _Optional[float] = ..., freq_mode: _Optional[str] = ..., energy_source: _Optional[str] = ..., requests_computed: _Optional[int] = ..., replies_from_cache: _Optional[int] = ...) -> None: ...
+    model_fingerprint: str
+    def __init__(self, model_id: _Optional[str] = ..., family: _Optional[str] = ..., num_blocks: _Optional[int] = ..., split_point: _Optional[int] = ..., plan_epoch: _Optional[int] = ..., rho: _Optional[float] = ..., prune_method: _Optional[str] = ..., device: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., output_kind: _Optional[str] = ..., freq_cap_hz: _Optional[float] = ..., freq_mode: _Optional[str] = ..., energy_source: _Optional[str] = ..., requests_computed: _Optional[int] = ..., replies_from_cache: _Optional[int] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...

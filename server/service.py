@@ -148,6 +148,7 @@ class CoInferenceService:
         self._draining = False
         self._outboxes: set[asyncio.Queue] = set()  # each open stream's event queue
         self._pool = blocking_executor(decode_workers, "coinfer-decode")
+        half.src.fingerprint  # noqa: B018 - computed now (it reads every weight), not in the first Info
 
     def drain(self) -> None:
         """Shutting down (on the event loop): refuse new requests as UNAVAILABLE (transient) and end each
@@ -168,7 +169,12 @@ class CoInferenceService:
             raise _invalid("request_id: required (a retry re-sends the same id)")
         if not request.model_id:
             raise _invalid("model_id: required")
-        if request.model_id != src.name:
+        if request.model_fingerprint:  # identity by content: the same weights at another path agree
+            if request.model_fingerprint != src.fingerprint:
+                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"model_fingerprint: this server holds {src.name!r} ({src.fingerprint}), "
+                                   f"not {request.model_fingerprint}")
+        elif request.model_id != src.name:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"model_id: this server holds {src.name!r}, not {request.model_id!r}")
         if request.split_point != plan.split:
@@ -446,4 +452,4 @@ class CoInferenceService:
                              max_message_bytes=self.max_message_bytes, output_kind=self.half.output_kind,
                              freq_cap_hz=plan.freq_hz, freq_mode=self.half.freq.mode,
                              energy_source=self.half.meter.source, requests_computed=self.computed,
-                             replies_from_cache=self.replies.hits)
+                             replies_from_cache=self.replies.hits, model_fingerprint=src.fingerprint)

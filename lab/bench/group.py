@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     from coinfer.device.group.ranks import DeviceGroup
     from coinfer.models import resolve_model
     from coinfer.device.group import design as planning
+    from coinfer.radio import dbm_per_hz_to_w_per_hz, path_loss_gain
     from coinfer.split import DevicePart, ServerPart
 
     src = resolve_model(args.model)
@@ -63,8 +64,8 @@ def main(argv=None) -> int:
                           return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     shape = planning.BlockShape.of(src)
-    channel = planning.GroupChannel(args.bandwidth_hz, planning.dbm_per_hz_to_w(args.noise_psd_dbm_hz))
-    gain = planning.path_loss_gain(args.distance_m)
+    channel = planning.GroupChannel(args.bandwidth_hz, dbm_per_hz_to_w_per_hz(args.noise_psd_dbm_hz))
+    gain = path_loss_gain(args.distance_m)
 
     def timed(fn, repeats):
         out, times = None, []
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         """Accuracy against noise: all-reduce NMSE (designed, measured), device-half and final error."""
         rows = []
         for n0 in args.sweep_dbm_hz:
-            receiver.noise_power_w = planning.dbm_per_hz_to_w(n0) * args.bandwidth_hz
+            receiver.noise_power_w = dbm_per_hz_to_w_per_hz(n0) * args.bandwidth_hz
             start = len(group.records)
             out = group(ids, mask, mode="aircomp", probe=True)
             records = group.records[start:]

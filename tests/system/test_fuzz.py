@@ -48,7 +48,7 @@ MAX_BATCH = 256
 CLEAN = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
          grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ALREADY_EXISTS}
 # A refusal by the service names the field first; gRPC's own size limit says so in its words.
-FIELD = re.compile(r"^(request_id|model_id|split_point|plan_epoch|hidden_states|input_ids|attention_mask|"
+FIELD = re.compile(r"^(request_id|model_id|model_fingerprint|split_point|plan_epoch|hidden_states|input_ids|attention_mask|"
                    r"generate|request)\b")
 GRPC_SIZE_LIMIT = re.compile(r"larger than max", re.IGNORECASE)
 
