@@ -30,7 +30,8 @@ def _server(model: str, split: int) -> ServiceProcess:
 @pytest.fixture(scope="module")
 def servers():
     """MiniLM servers at k = 0, 2, L and a BART one, started side by side (each takes seconds)."""
-    specs = {0: ("minilm", 0), 2: ("minilm", 2), MINILM_BLOCKS: ("minilm", MINILM_BLOCKS), "bart": ("random:bart-tiny", 2)}
+    specs = {0: ("minilm", 0), 2: ("minilm", 2), MINILM_BLOCKS: ("minilm", MINILM_BLOCKS),
+             "bart": ("random:bart-tiny", 2)}
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(specs)) as pool:
         futures = {key: pool.submit(_server, *spec) for key, spec in specs.items()}
         started = {key: stack.enter_context(f.result()) for key, f in futures.items() if f.exception() is None}
