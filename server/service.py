@@ -281,6 +281,13 @@ class CoInferenceService:
                                    batch_size=result.batch_size, batch_rows=result.batch_rows,
                                    energy_j=result.energy_j, energy_source=result.energy_source,
                                    freq_hz=result.freq_hz))
+        if log.isEnabledFor(logging.INFO):  # one line per answered request (--log-level INFO)
+            shape = list(request.attention_mask.shape)
+            log.info("request %s: %s tokens, k=%d, epoch %d, queue %.1f ms, decode %.1f ms, compute %.1f ms "
+                     "(batch of %d, %d rows), %d bytes in, %d bytes out", request.request_id[:8],
+                     " x ".join(map(str, shape)) or "?", request.split_point, request.plan_epoch,
+                     result.queue_s * 1e3, decode_s * 1e3, result.compute_s * 1e3, result.batch_size,
+                     result.batch_rows, request.ByteSize(), reply.ByteSize())
         if self.telemetry is not None:
             self.telemetry.report_server(request, reply)
         if self.metrics is not None:
@@ -377,7 +384,13 @@ class CoInferenceService:
                 self.abandoned += 1
 
     async def _accept(self, received: Received) -> Pending:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._start, received)
+        accepting = asyncio.get_running_loop().run_in_executor(self._pool, self._start, received)
+        try:
+            return await asyncio.shield(accepting)
+        except asyncio.CancelledError:  # the caller left while it was decoded: abandon it once queued
+            accepting.add_done_callback(
+                lambda done: done.cancelled() or done.exception() is not None or self._abandon(done.result()))
+            raise
 
     async def Infer(self, received: Received, context: grpc.aio.ServicerContext) -> pb.InferReply:
         pending = await self._accept(received)
