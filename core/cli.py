@@ -27,12 +27,13 @@ COMMAND_MODULES = [
     "coinfer.planner.cli",
     "coinfer.planner.service_cli",
     "coinfer.channel.cli",
+    "coinfer.status",
 ]
 
 
 ENV_PREFIX = "COINFER_"
 # Commands that serve or call gRPC services take the security options (TLS, mTLS, token).
-SECURE_COMMANDS = ("server", "device", "planner", "channel", "group")
+SECURE_COMMANDS = ("server", "device", "planner", "channel", "group", "status")
 
 
 def apply_environment(parser: argparse.ArgumentParser, command: str | None, environ=os.environ) -> None:

@@ -34,22 +34,54 @@ def register(subparsers) -> None:
                         help="go through the sentences this many times; 0 = until stopped (default: %(default)s)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per sentence (full embedding or tokens, and timings)")
+    parser.add_argument("--http", metavar="HOST:PORT",
+                        help="serve OpenAI-compatible HTTP here (/v1/embeddings, /v1/completions, /v1/models, "
+                             "/health, /metrics) instead of reading sentences; port 0 picks one and "
+                             "'listening on HOST:PORT' is printed; the split point is the server's")
     parser.set_defaults(func=run)
 
 
+def _decode_line(raw: bytes, where: str) -> str:
+    """One line of input as text; a UsageError naming `where` and the first byte that is not UTF-8."""
+    from coinfer.errors import UsageError
+
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                         "give the input as UTF-8 text") from None
+
+
 def _read_sentences(args: argparse.Namespace) -> list[str]:
+    """The input sentences, each checked to be UTF-8 (an error names the argument or line) and not
+    all empty; blank lines are skipped."""
+    import os
     import sys
 
-    if args.sentences:
-        return list(args.sentences)
-    if args.file:
-        with open(args.file, encoding="utf-8") as handle:
-            return [line.strip() for line in handle if line.strip()]
-    if sys.stdin.isatty():
-        from coinfer.errors import UsageError
+    from coinfer.errors import UsageError
 
+    if args.sentences:
+        # argv bytes that are not UTF-8 arrive as lone surrogates (surrogateescape): take the bytes back
+        sentences = [_decode_line(os.fsencode(s), f"argument {i}") for i, s in enumerate(args.sentences, 1)]
+        source = "the arguments"
+    elif args.file:
+        try:
+            with open(args.file, "rb") as handle:
+                lines = handle.read().splitlines()
+        except OSError as exc:
+            raise UsageError(f"--file {args.file}: {exc.strerror or exc}") from None
+        sentences = [_decode_line(raw, f"--file {args.file} line {n}") for n, raw in enumerate(lines, 1)]
+        source = f"--file {args.file}"
+    elif sys.stdin.isatty():
         raise UsageError("give sentences as arguments, with --file, or on stdin")
-    return [line.strip() for line in sys.stdin if line.strip()]
+    else:
+        lines = sys.stdin.buffer.read().splitlines()
+        sentences = [_decode_line(raw, f"stdin line {n}") for n, raw in enumerate(lines, 1)]
+        source = "stdin"
+    sentences = [s.strip() for s in sentences if s.strip()]
+    if not sentences:
+        raise UsageError(f"no input: {source} held no sentences (blank lines are skipped)")
+    return sentences
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.models import resolve_model
     from coinfer.split import GenerationOptions
 
+    if args.http:  # a long-lived local service (coinfer.device.http)
+        from coinfer.device.http import serve
+
+        return serve(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch_size < 1 or args.repeat < 0:
@@ -96,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
                 if args.json:
                     record = {"sentence": sentence, "request_id": result.request_id,
                               "output_kind": result.output_kind, "output": values.tolist(),
-                              "end_to_end_ms": result.end_to_end_s * 1e3, "bytes_sent": result.bytes_sent}
+                              "end_to_end_ms": result.end_to_end_s * 1e3, "bytes_sent": result.bytes_sent,
+                              "truncated": row in result.truncated}
                     if texts is not None:
                         record["text"] = texts[row]
                     print(json.dumps(record), flush=True)
@@ -105,11 +142,14 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     head = ", ".join(f"{v:+.4f}" for v in values[:4].tolist())
                     print(f"{sentence}\t=> [{head}, ...] dim={values.numel()} norm={values.norm():.4f}", flush=True)
-            print(f"[device] request {result.request_id[:8]} (plan {result.plan_epoch}): {len(chunk)} sentences, "
-                  f"{result.end_to_end_s * 1e3:.1f} ms end to end, {result.bytes_sent} bytes sent",
-                  file=sys.stderr, flush=True)
+            # each request's numbers: one INFO log line from the runtime (--log-level INFO)
     except InferenceError as exc:
-        print(f"coinfer device: server refused the request: {exc}", file=sys.stderr)
+        import grpc
+
+        if exc.code == grpc.StatusCode.UNAVAILABLE and exc.message.startswith("server unreachable"):
+            print(f"coinfer device: error: {exc.message}", file=sys.stderr)
+        else:
+            print(f"coinfer device: server refused the request: {exc}", file=sys.stderr)
         return 1
     finally:
         runtime.close()

@@ -113,6 +113,29 @@ def _details_of(exc: grpc.RpcError) -> str:
     return (exc.details() if hasattr(exc, "details") else str(exc)) or "stream failed"
 
 
+def _probe(address: str, timeout_s: float) -> str:
+    """What a plain TCP connection to HOST:PORT finds, as a clause for an error message ("" when the
+    address is not a plain HOST:PORT)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or ":" in host and not address.startswith("["):
+        return ""
+    try:
+        with socket.create_connection((host, int(port)), timeout=max(0.05, timeout_s)):
+            pass
+    except ConnectionRefusedError:
+        return "; the connection was refused (nothing listens there)"
+    except (TimeoutError, socket.timeout):
+        return "; nothing answers there (a blackholed address: a firewall dropping packets, an unrouted host, " \
+               "or a peer whose listen queue is full)"
+    except OSError as exc:
+        return f"; connecting failed ({exc.strerror or exc})"
+    return ("; something accepts TCP connections there but no gRPC handshake completed (a stalled "
+            "peer, not a gRPC server, TLS on one side only, or a channel emulator whose upstream is down)")
+
+
 class InferenceClient:
     """Calls the CoInference service at `address` over one channel (stream or unary calls)."""
 
@@ -147,15 +170,19 @@ class InferenceClient:
             self._connect()
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Wait until the channel to `address` is connected; InferenceError(UNAVAILABLE) naming the
+        address, the wait and what a plain TCP connection there finds (refused, silent, or accepted)."""
+        probe_s = min(0.5, timeout_s / 10)  # the probe's time comes out of timeout_s
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+            grpc.channel_ready_future(self.channel).result(timeout=max(0.01, timeout_s - probe_s))
         except grpc.FutureTimeoutError:
             raise InferenceError(grpc.StatusCode.UNAVAILABLE,
-                                 f"no server reachable at {self.address} after {timeout_s:.0f} s") from None
+                                 f"server unreachable: no server answered at {self.address} within "
+                                 f"{timeout_s:g} s{_probe(self.address, probe_s)}") from None
 
-    def info(self) -> pb.ServerInfo:
+    def info(self, timeout_s: float | None = None) -> pb.ServerInfo:
         try:
-            return self.stub.Info(pb.InfoRequest(), timeout=self.timeout_s)
+            return self.stub.Info(pb.InfoRequest(), timeout=self.timeout_s if timeout_s is None else timeout_s)
         except grpc.RpcError as exc:
             raise _from_rpc_error(exc) from None
 

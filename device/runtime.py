@@ -9,6 +9,7 @@ request id: nothing is lost, nothing is counted twice.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -91,6 +92,7 @@ class DeviceResult:
     device_energy_source: str = "model"
     server_energy_j: float = 0.0
     server_energy_source: str = ""
+    truncated: tuple[int, ...] = ()  # rows whose input was longer than the length limit, cut to it
 
 
 class DeviceRuntime:
@@ -189,16 +191,24 @@ class DeviceRuntime:
             return self._plan_changed.wait_for(lambda: self.state.plan.epoch >= epoch,
                                                timeout=max(0.0, deadline - time.monotonic()))
 
-    def connect(self, timeout_s: float = 30.0) -> pb.ServerInfo | None:
-        """Wait for the server and check it holds the same model, split point and plan epoch.
+    def connect(self, timeout_s: float | None = None) -> pb.ServerInfo | None:
+        """Wait for the server and check it holds the same model, split point and plan epoch, all
+        within `timeout_s` (default: the runtime's timeout_s, i.e. the device's --timeout-s).
 
         The model is compared by content (`ModelSource.fingerprint`) when the server reports one, so
         the same weights in another folder are accepted and other weights under the same name are not;
         a server that reports none is compared by name."""
         if self.client is None:
             return None
-        self.client.wait_ready(timeout_s)
-        info = self.client.info()
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        try:
+            self.client.wait_ready(timeout_s)
+            info = self.client.info(timeout_s=max(0.05, deadline - time.monotonic()))
+        except InferenceError as exc:
+            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise InferenceError(exc.code, exc.message + self._channel_hint(), exc.server_epoch) from None
+            raise
         problems = []
         server_fingerprint = getattr(info, "model_fingerprint", "")
         if server_fingerprint:
@@ -215,14 +225,71 @@ class DeviceRuntime:
             raise UsageError(f"server at {self.client.address} holds " + ", ".join(problems))
         return info
 
+    def _channel_hint(self) -> str:
+        """When the device dials a channel emulator (--channel-control), what the emulator says about
+        its upstream: the server behind it, which the device itself never dials."""
+        if self.channel is None:
+            return ""
+        hint = f"; {self.client.address} is a channel emulator (control {self.channel.target}): check its --upstream"
+        saved, self.channel.timeout_s = self.channel.timeout_s, 1.0  # a hint is not worth waiting long for
+        try:
+            failed = self.channel.stats().connections_failed
+            if failed:
+                hint += f" (the emulator failed to reach its upstream {failed} time(s))"
+        except Exception:  # the emulator's control port is down too: the hint stays as it is
+            hint += " (its control port did not answer either)"
+        finally:
+            self.channel.timeout_s = saved
+        return hint
+
     # --- requests ----------------------------------------------------------------------------
     def tokenize(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if not sentences:
             raise UsageError("no input sentences")
+        for i, sentence in enumerate(sentences):
+            if not isinstance(sentence, str):
+                raise UsageError(f"input {i}: expected a string, got {type(sentence).__name__}")
+            try:
+                sentence.encode("utf-8")
+            except UnicodeEncodeError as exc:  # lone surrogates: bytes that were not UTF-8 (argv, surrogateescape)
+                raise UsageError(f"input {i}: not UTF-8 (byte 0x{ord(sentence[exc.start]) & 0xff:02x} at "
+                                 f"{exc.start})") from None
         return self.src.tokenize(sentences, self.max_length)
 
+    def truncated_rows(self, sentences: list[str], attention_mask: torch.Tensor) -> tuple[int, ...]:
+        """Rows of a tokenised batch whose input was longer than the length limit: only rows that fill
+        the limit can have been cut, and those are tokenised again without truncation to tell."""
+        full = [i for i, n in enumerate(attention_mask.sum(dim=1).tolist()) if n >= self.max_length]
+        if not full:
+            return ()
+        tokenizer = self.src.tokenizer
+        with getattr(self.src, "_tokenizer_lock", None) or contextlib.nullcontext():
+            lengths = [len(ids) for ids in tokenizer([sentences[i] for i in full], truncation=False,
+                                                     padding=False, verbose=False)["input_ids"]]
+        return tuple(i for i, n in zip(full, lengths) if n > self.max_length)
+
     def infer(self, sentences: list[str]) -> DeviceResult:
-        return self.infer_tokens(*self.tokenize(sentences))
+        ids, mask = self.tokenize(sentences)
+        truncated = self.truncated_rows(sentences, mask)
+        if truncated:
+            log.warning("%d of %d inputs longer than the limit of %d tokens, truncated to it (rows %s)",
+                        len(truncated), len(sentences), self.max_length, ", ".join(map(str, truncated)))
+        result = self.infer_tokens(ids, mask)
+        result.truncated = truncated
+        return result
+
+    def _log_result(self, result: DeviceResult, mask: torch.Tensor, split: int) -> DeviceResult:
+        """One INFO line per request (shown with --log-level INFO; quiet at the default WARNING)."""
+        if log.isEnabledFor(logging.INFO):
+            log.info("request %s: %d sentences, %d tokens (%d x %d), k=%d, epoch %d, device %.1f ms, encode %.1f ms, "
+                     "transfer %.1f ms, server queue %.1f ms + compute %.1f ms (batch of %d), end to end %.1f ms, "
+                     "%d bytes sent, %d received, %d resends, %d retries",
+                     result.request_id[:8], result.batch, int(mask.sum()), result.batch, result.seq_len, split,
+                     result.plan_epoch, result.device_compute_s * 1e3, result.encode_s * 1e3,
+                     result.transfer_s * 1e3, result.server_queue_s * 1e3, result.server_compute_s * 1e3,
+                     result.server_batch_size, result.end_to_end_s * 1e3, result.bytes_sent, result.bytes_received,
+                     result.resends, result.retries)
+        return result
 
     def _compute(self, ids: torch.Tensor, mask: torch.Tensor):
         """(state, hidden states, seconds, energy) under the current state."""
@@ -262,12 +329,12 @@ class DeviceRuntime:
                     raise UsageError("the plan leaves blocks to the server, but this device has no --server")
                 kind = OUTPUT_SENTENCE_EMBEDDING if state.part.runs_alone else OUTPUT_HIDDEN_STATES
                 finished = time.perf_counter()
-                return DeviceResult(
+                return self._log_result(DeviceResult(
                     request_id=request_id, output=hidden, output_kind=kind, batch=batch, seq_len=seq_len,
                     device_compute_s=compute_s, encode_s=0.0, transfer_s=0.0, server_queue_s=0.0,
                     server_compute_s=0.0, server_batch_size=0, end_to_end_s=finished - started, bytes_sent=0,
                     bytes_received=0, plan_epoch=state.plan.epoch, resends=resends,
-                    device_energy_j=energy.joules, device_energy_source=energy.source)
+                    device_energy_j=energy.joules, device_energy_source=energy.source), attention_mask, state.plan.split)
             encode_from = time.perf_counter()
             request = self._request(request_id, state, hidden, attention_mask)
             sent_at = time.perf_counter()
@@ -316,7 +383,7 @@ class DeviceRuntime:
             if self.telemetry is not None:
                 self.telemetry.report_device(result, state.plan.epoch, self.freq.effective_freq_hz(),
                                              state.plan.tx_power_w or 0.0)
-            return result
+            return self._log_result(result, attention_mask, state.plan.split)
 
     def _should_resend(self, exc: InferenceError, state: DeviceState, deadline: float, resends: int) -> bool:
         """Only a refusal over plans is re-sent here: the server holds another epoch or split point."""
