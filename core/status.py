@@ -104,18 +104,16 @@ def query(address: str, timeout_s: float = 5.0) -> dict:
         except grpc.FutureTimeoutError:
             raise UsageError(f"nothing answered at {address} within {timeout_s:g} s (no server or planner "
                              "listening there, or its handshake never completed)") from None
-        try:
-            info = coinfer_pb2_grpc.CoInferenceStub(channel).Info(coinfer_pb2.InfoRequest(), timeout=remaining())
-            return {"address": address, "kind": KIND_SERVER, "state": _fields(info)}
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise failed(exc) from None
-        try:
-            state = planner_pb2_grpc.PlannerStub(channel).GetState(planner_pb2.StateRequest(), timeout=remaining())
-            return {"address": address, "kind": KIND_PLANNER, "state": _fields(state)}
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise failed(exc) from None
+        asks = ((KIND_SERVER, lambda: coinfer_pb2_grpc.CoInferenceStub(channel).Info(
+                    coinfer_pb2.InfoRequest(), timeout=remaining())),
+                (KIND_PLANNER, lambda: planner_pb2_grpc.PlannerStub(channel).GetState(
+                    planner_pb2.StateRequest(), timeout=remaining())))
+        for kind, ask in asks:  # UNIMPLEMENTED: not this kind of service, ask the next
+            try:
+                return {"address": address, "kind": kind, "state": _fields(ask())}
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise failed(exc) from None
         raise UsageError(f"{address} answers gRPC but is neither a coinfer server nor a planner "
                          "(CoInference.Info and Planner.GetState are both UNIMPLEMENTED)")
 

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                     record = {"sentence": sentence, "request_id": result.request_id,
                               "output_kind": result.output_kind, "output": values.tolist(),
                               "end_to_end_ms": result.end_to_end_s * 1e3, "bytes_sent": result.bytes_sent,
-                              "truncated": row in result.truncated}
+                              "plan_epoch": result.plan_epoch, "truncated": row in result.truncated}
                     if texts is not None:
                         record["text"] = texts[row]
                     print(json.dumps(record), flush=True)

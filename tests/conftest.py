@@ -28,6 +28,16 @@ def tiny_bart():
     return resolve_model("random:bart-tiny")
 
 
+@pytest.fixture(scope="session")
+def minilm_sentence_transformer():
+    """The embedded all-MiniLM-L6-v2 as sentence-transformers runs it whole: the reference answer."""
+    from sentence_transformers import SentenceTransformer
+
+    from coinfer.models import embedded_model_path
+
+    return SentenceTransformer(str(embedded_model_path()), device="cpu")
+
+
 SENTENCES = [
     "The device runs the first blocks.",
     "Hidden states cross the link to the edge server, which finishes the job.",

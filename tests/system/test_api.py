@@ -12,6 +12,7 @@ import torch
 from coinfer import AsyncSplitModel, SplitModel
 from coinfer.errors import UsageError
 from coinfer.lab.launch import ServiceProcess
+from embeddings import cosines
 
 MINILM_BLOCKS = 6
 SENTENCES = [
@@ -46,17 +47,8 @@ def bart_server(servers):
 
 
 @pytest.fixture(scope="module")
-def reference():
-    from sentence_transformers import SentenceTransformer
-
-    from coinfer.models import embedded_model_path
-
-    return SentenceTransformer(str(embedded_model_path()), device="cpu")
-
-
-def _cosines(a, b) -> np.ndarray:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+def reference(minilm_sentence_transformer):
+    return minilm_sentence_transformer
 
 
 def test_import_coinfer_stays_light():
@@ -75,11 +67,11 @@ def test_encode_equals_sentence_transformers_at_the_servers_split(k, servers, re
         assert f"split={k}" in repr(model) and minilm_server.address in repr(model)
         got = model.encode(SENTENCES, normalize_embeddings=True)
         assert isinstance(got, np.ndarray) and got.shape == expected.shape and got.dtype == np.float32
-        assert _cosines(got, expected).min() >= 0.99999
+        assert cosines(got, expected).min() >= 0.99999
         # the server half already normalises MiniLM: asking again changes nothing
         assert np.allclose(model.encode(SENTENCES), got, atol=1e-6)
         one = model.encode(SENTENCES[1])
-        assert one.shape == (expected.shape[1],) and _cosines(one, expected[1]) >= 0.99999
+        assert one.shape == (expected.shape[1],) and cosines(one, expected[1]) >= 0.99999
 
 
 def test_many_sentences_come_back_in_input_order(servers, reference):
@@ -89,8 +81,8 @@ def test_many_sentences_come_back_in_input_order(servers, reference):
         big = model.encode(sentences[:260], batch_size=1000)  # capped at the server's 256 per request
     expected = reference.encode(sentences, batch_size=32, normalize_embeddings=True)
     assert got.shape == (300, expected.shape[1])
-    assert _cosines(got, expected).min() >= 0.99999  # row by row: each sentence at its own index
-    assert _cosines(big, expected[:260]).min() >= 0.99999
+    assert cosines(got, expected).min() >= 0.99999  # row by row: each sentence at its own index
+    assert cosines(big, expected[:260]).min() >= 0.99999
 
 
 def test_output_types_follow_sentence_transformers(servers, reference):
@@ -176,4 +168,4 @@ def test_following_a_planner(reference):
             SplitModel(server=server.address, planner=planner.address, timeout_s=60) as model:
         assert model.split == 3 and model.epoch >= 1 and f"planner={planner.address!r}" in repr(model)
         got = model.encode(SENTENCES, batch_size=2)
-    assert _cosines(got, reference.encode(SENTENCES, normalize_embeddings=True)).min() >= 0.99999
+    assert cosines(got, reference.encode(SENTENCES, normalize_embeddings=True)).min() >= 0.99999

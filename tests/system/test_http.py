@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from coinfer.lab.launch import ServiceProcess
+from embeddings import cosines
 
 MINILM = "all-MiniLM-L6-v2"
 MINILM_BLOCKS = 6
@@ -67,17 +68,8 @@ def _client(service: ServiceProcess, api_key: str = "unused") -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def reference():
-    from sentence_transformers import SentenceTransformer
-
-    from coinfer.models import embedded_model_path
-
-    return SentenceTransformer(str(embedded_model_path()), device="cpu")
-
-
-def _cosines(a, b) -> np.ndarray:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+def reference(minilm_sentence_transformer):
+    return minilm_sentence_transformer
 
 
 def _vectors(response) -> np.ndarray:
@@ -107,7 +99,7 @@ def test_embeddings_equal_sentence_transformers(services, reference, k):
         response = client.embeddings.create(model=model, input=SENTENCES, encoding_format="float")
         got = _vectors(response)
         assert got.shape == want.shape
-        assert _cosines(got, want).min() >= 0.99999
+        assert cosines(got, want).min() >= 0.99999
         assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
         assert [d.index for d in response.data] == list(range(len(SENTENCES)))
         assert response.model == MINILM
@@ -125,7 +117,7 @@ def test_float_and_base64_agree_and_single_string(services, reference):
     assert np.array_equal(floats, b64) and np.array_equal(floats, default)
     one = client.embeddings.create(model=MINILM, input=SENTENCES[1])
     assert len(one.data) == 1
-    assert _cosines(_vectors(one), floats[1:2]).min() >= 0.99999
+    assert cosines(_vectors(one), floats[1:2]).min() >= 0.99999
     raw = urllib.request.Request(f"http://{services['http'][2].address}/v1/embeddings", method="POST",
                                  data=json.dumps({"model": MINILM, "input": SENTENCES[:2],
                                                   "encoding_format": "base64"}).encode(),
@@ -143,10 +135,10 @@ def test_token_arrays(services, reference):
     ids = reference.tokenizer(SENTENCES)["input_ids"]
     want = reference.encode(SENTENCES, normalize_embeddings=True)
     many = client.embeddings.create(model=MINILM, input=ids, encoding_format="float")
-    assert _cosines(_vectors(many), want).min() >= 0.99999
+    assert cosines(_vectors(many), want).min() >= 0.99999
     assert many.usage.prompt_tokens == sum(len(r) for r in ids)
     one = client.embeddings.create(model=MINILM, input=ids[2], encoding_format="float")
-    assert _cosines(_vectors(one), want[2:3]).min() >= 0.99999
+    assert cosines(_vectors(one), want[2:3]).min() >= 0.99999
 
 
 def test_error_objects(services):
@@ -193,7 +185,7 @@ def test_ten_thousand_sentences_answered_in_order(services, reference):
     assert [d.index for d in response.data] == list(range(10_000))
     sample = [0, 1, 17, 999, 4321, 7777, 9998, 9999]
     want = reference.encode([sentences[i] for i in sample], normalize_embeddings=True)
-    assert _cosines(got[sample], want).min() >= 0.99999
+    assert cosines(got[sample], want).min() >= 0.99999
 
 
 def test_models_health_metrics(services):
@@ -225,7 +217,7 @@ def test_token_protected(services, reference):
         _client(http, "wrong").models.list()
     response = _client(http, TOKEN).embeddings.create(model=MINILM, input=SENTENCES)
     want = reference.encode(SENTENCES, normalize_embeddings=True)
-    assert _cosines(_vectors(response), want).min() >= 0.99999
+    assert cosines(_vectors(response), want).min() >= 0.99999
     assert _get(http, "/health")[0] == 200  # no token needed
     assert _get(http, "/metrics")[0] == 401
     assert _get(http, "/metrics", TOKEN)[0] == 200

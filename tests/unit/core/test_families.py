@@ -285,7 +285,7 @@ class _FakeClient:
     def wait_ready(self, timeout_s):
         return None
 
-    def info(self):
+    def info(self, timeout_s=None):
         return self._info
 
 
