@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 from coinfer.planner.scenario import SPEC_EXAMPLE_SCENARIO
+from coinfer.system import DEFAULT_SYSTEM
 
 BASE = copy.deepcopy(SPEC_EXAMPLE_SCENARIO)
 
@@ -18,3 +19,27 @@ def make(**changes) -> dict:
             node = node[k]
         node[keys[-1]] = value
     return d
+
+
+# --- a live Controller on MiniLM's profile (the controller and trust tests) ----------------------
+
+CONTROLLER_SPLIT = 3
+CONTROLLER_SYSTEM = dict(DEFAULT_SYSTEM, qos={"max_delay_s": 0.5, "max_energy_j": 5.0},
+                         device=dict(DEFAULT_SYSTEM["device"], flops_per_cycle=8.0),
+                         server=dict(DEFAULT_SYSTEM["server"], flops_per_cycle=64.0),
+                         channel=dict(DEFAULT_SYSTEM["channel"], bandwidth_hz=1e6, gain=1e-10))
+
+
+def make_controller(minilm_config, system=CONTROLLER_SYSTEM, **settings):
+    """(controller after its start plan, the plans it published, its profile): batch 4 x 32 tokens."""
+    from coinfer.planner.controller import Controller, ControllerSettings
+    from coinfer.planner.profile import profile_from_config
+    from coinfer.system import parse_system
+
+    plans = []
+    profile = profile_from_config(minilm_config, "bert", "all-MiniLM-L6-v2", 4, 32)
+    controller = Controller(parse_system(system), profile,
+                            ControllerSettings(batch=4, seq_len=32, split=CONTROLLER_SPLIT, **settings), plans.append,
+                            profile_at=lambda b, s: profile_from_config(minilm_config, "bert", "m", b, s))
+    controller.replan("start")
+    return controller, plans, profile

@@ -12,20 +12,11 @@ import torch
 from coinfer import AsyncSplitModel, SplitModel
 from coinfer.errors import UsageError
 from coinfer.lab.launch import ServiceProcess
-from embeddings import cosines
+from embeddings import SENTENCES, cosines, start_server
 
 MINILM_BLOCKS = 6
-SENTENCES = [
-    "The device runs the first blocks.",
-    "Hidden states cross the link to the edge server, which finishes the job.",
-    "Short one.",
-    "A somewhat longer sentence, so that the batch holds sequences of different lengths and padding.",
-]
-
-
-def _server(model: str, split: int) -> ServiceProcess:
-    return ServiceProcess(["server", "--model", model, "--split", str(split), "--listen", "127.0.0.1:0"],
-                          f"api-server-{split}")
+def _server(model: str, split: int):
+    return start_server(model, split, "api")
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,13 @@ import openai
 import pytest
 
 from coinfer.lab.launch import ServiceProcess
-from embeddings import cosines
+from embeddings import SENTENCES, cosines, start_server
 
 MINILM = "all-MiniLM-L6-v2"
 MINILM_BLOCKS = 6
 TOKEN = "http-test-token"
-SENTENCES = [
-    "The device runs the first blocks.",
-    "Hidden states cross the link to the edge server, which finishes the job.",
-    "Short one.",
-    "A somewhat longer sentence, so that the batch holds sequences of different lengths and padding.",
-]
-
-
-def _server(model: str, split: int) -> ServiceProcess:
-    return ServiceProcess(["server", "--model", model, "--split", str(split), "--listen", "127.0.0.1:0"],
-                          f"http-server-{split}")
+def _server(model: str, split: int):
+    return start_server(model, split, "http")
 
 
 def _device(server: ServiceProcess, model: str, token: str | None = None) -> ServiceProcess:

@@ -14,11 +14,7 @@ from coinfer.planner.profile import profile_from_config
 from coinfer.protos import planner_pb2 as ppb
 from coinfer.system import DEFAULT_SYSTEM, parse_system
 
-SPLIT = 3
-SYSTEM = dict(DEFAULT_SYSTEM, qos={"max_delay_s": 0.5, "max_energy_j": 5.0},
-              device=dict(DEFAULT_SYSTEM["device"], flops_per_cycle=8.0),
-              server=dict(DEFAULT_SYSTEM["server"], flops_per_cycle=64.0),
-              channel=dict(DEFAULT_SYSTEM["channel"], bandwidth_hz=1e6, gain=1e-10))
+from scenarios import CONTROLLER_SPLIT as SPLIT, CONTROLLER_SYSTEM as SYSTEM, make_controller
 C_DEVICE, C_SERVER, GAIN = 8.0, 64.0, 1e-10  # what SYSTEM says, and what the honest samples measure
 
 
@@ -27,14 +23,7 @@ def minilm_config(minilm):
     return minilm.config
 
 
-def make(minilm_config, **settings):
-    plans = []
-    profile = profile_from_config(minilm_config, "bert", "all-MiniLM-L6-v2", 4, 32)
-    controller = Controller(parse_system(SYSTEM), profile,
-                            ControllerSettings(batch=4, seq_len=32, split=SPLIT, **settings), plans.append,
-                            profile_at=lambda b, s: profile_from_config(minilm_config, "bert", "m", b, s))
-    controller.replan("start")
-    return controller, plans, profile
+make = make_controller  # the name the tests below use
 
 
 def device_sample(controller, profile, c_true, gain_true):
