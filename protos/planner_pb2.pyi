@@ -6,7 +6,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Plan(_message.Message):
-    __slots__ = ("epoch", "reason", "created_unix_s", "model_id", "split_point", "rho_device", "rho_server", "prune_method", "f_device_hz", "f_server_hz", "tx_power_w", "codec", "feasible", "detail", "predicted_delay_s", "predicted_energy_j", "distortion", "delay_limit_s", "energy_limit_j", "device_max_freq_hz", "server_max_freq_hz", "planner_id")
+    __slots__ = ("epoch", "reason", "created_unix_s", "model_id", "split_point", "rho_device", "rho_server", "prune_method", "f_device_hz", "f_server_hz", "tx_power_w", "codec", "feasible", "detail", "predicted_delay_s", "predicted_energy_j", "distortion", "delay_limit_s", "energy_limit_j", "device_max_freq_hz", "server_max_freq_hz", "planner_id", "predicted_quality", "quality_metric", "min_quality", "device_knobs", "server_knobs", "binding")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,12 @@ class Plan(_message.Message):
     DEVICE_MAX_FREQ_HZ_FIELD_NUMBER: _ClassVar[int]
     SERVER_MAX_FREQ_HZ_FIELD_NUMBER: _ClassVar[int]
     PLANNER_ID_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_METRIC_FIELD_NUMBER: _ClassVar[int]
+    MIN_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_KNOBS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_KNOBS_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     reason: str
     created_unix_s: float
@@ -51,7 +57,13 @@ class Plan(_message.Message):
     device_max_freq_hz: float
     server_max_freq_hz: float
     planner_id: str
-    def __init__(self, epoch: _Optional[int] = ..., reason: _Optional[str] = ..., created_unix_s: _Optional[float] = ..., model_id: _Optional[str] = ..., split_point: _Optional[int] = ..., rho_device: _Optional[float] = ..., rho_server: _Optional[float] = ..., prune_method: _Optional[str] = ..., f_device_hz: _Optional[float] = ..., f_server_hz: _Optional[float] = ..., tx_power_w: _Optional[float] = ..., codec: _Optional[str] = ..., feasible: _Optional[bool] = ..., detail: _Optional[str] = ..., predicted_delay_s: _Optional[float] = ..., predicted_energy_j: _Optional[float] = ..., distortion: _Optional[float] = ..., delay_limit_s: _Optional[float] = ..., energy_limit_j: _Optional[float] = ..., device_max_freq_hz: _Optional[float] = ..., server_max_freq_hz: _Optional[float] = ..., planner_id: _Optional[str] = ...) -> None: ...
+    predicted_quality: float
+    quality_metric: str
+    min_quality: float
+    device_knobs: Knobs
+    server_knobs: Knobs
+    binding: str
+    def __init__(self, epoch: _Optional[int] = ..., reason: _Optional[str] = ..., created_unix_s: _Optional[float] = ..., model_id: _Optional[str] = ..., split_point: _Optional[int] = ..., rho_device: _Optional[float] = ..., rho_server: _Optional[float] = ..., prune_method: _Optional[str] = ..., f_device_hz: _Optional[float] = ..., f_server_hz: _Optional[float] = ..., tx_power_w: _Optional[float] = ..., codec: _Optional[str] = ..., feasible: _Optional[bool] = ..., detail: _Optional[str] = ..., predicted_delay_s: _Optional[float] = ..., predicted_energy_j: _Optional[float] = ..., distortion: _Optional[float] = ..., delay_limit_s: _Optional[float] = ..., energy_limit_j: _Optional[float] = ..., device_max_freq_hz: _Optional[float] = ..., server_max_freq_hz: _Optional[float] = ..., planner_id: _Optional[str] = ..., predicted_quality: _Optional[float] = ..., quality_metric: _Optional[str] = ..., min_quality: _Optional[float] = ..., device_knobs: _Optional[_Union[Knobs, _Mapping]] = ..., server_knobs: _Optional[_Union[Knobs, _Mapping]] = ..., binding: _Optional[str] = ...) -> None: ...
 
 class DeviceSample(_message.Message):
     __slots__ = ("request_id", "plan_epoch", "batch", "seq_len", "compute_s", "bytes_sent", "send_s", "freq_hz", "energy_j", "energy_source", "end_to_end_s", "tx_power_w", "cpu_util_pct", "rss_bytes", "server_s")
@@ -134,16 +146,36 @@ class TelemetryAck(_message.Message):
     def __init__(self, received: _Optional[int] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("node_id", "role", "known_epoch", "known_planner_id")
+    __slots__ = ("node_id", "role", "known_epoch", "known_planner_id", "knobs")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     KNOWN_EPOCH_FIELD_NUMBER: _ClassVar[int]
     KNOWN_PLANNER_ID_FIELD_NUMBER: _ClassVar[int]
+    KNOBS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     known_epoch: int
     known_planner_id: str
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., known_epoch: _Optional[int] = ..., known_planner_id: _Optional[str] = ...) -> None: ...
+    knobs: Knobs
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., known_epoch: _Optional[int] = ..., known_planner_id: _Optional[str] = ..., knobs: _Optional[_Union[Knobs, _Mapping]] = ...) -> None: ...
+
+class Knobs(_message.Message):
+    __slots__ = ("clock", "clock_reason", "min_freq_hz", "max_freq_hz", "tx_power", "max_tx_power_w", "energy_source")
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_REASON_FIELD_NUMBER: _ClassVar[int]
+    MIN_FREQ_HZ_FIELD_NUMBER: _ClassVar[int]
+    MAX_FREQ_HZ_FIELD_NUMBER: _ClassVar[int]
+    TX_POWER_FIELD_NUMBER: _ClassVar[int]
+    MAX_TX_POWER_W_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    clock: str
+    clock_reason: str
+    min_freq_hz: float
+    max_freq_hz: float
+    tx_power: str
+    max_tx_power_w: float
+    energy_source: str
+    def __init__(self, clock: _Optional[str] = ..., clock_reason: _Optional[str] = ..., min_freq_hz: _Optional[float] = ..., max_freq_hz: _Optional[float] = ..., tx_power: _Optional[str] = ..., max_tx_power_w: _Optional[float] = ..., energy_source: _Optional[str] = ...) -> None: ...
 
 class QoS(_message.Message):
     __slots__ = ("max_delay_s", "max_energy_j")
