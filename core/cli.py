@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "coinfer.lab.demo",
     "coinfer.lab.bench.cli",
     "coinfer.planner.cli",
+    "coinfer.planner.profile_cli",
     "coinfer.planner.service_cli",
     "coinfer.channel.cli",
     "coinfer.status",
@@ -108,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     security.configure(security.from_args(args))
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if logging.INFO < logging.getLevelName(args.log_level) <= logging.WARNING:
+        # plan changes (one line each) and ignored knobs show at the default level; per-request lines
+        # stay at INFO on their own loggers (--log-level INFO)
+        logging.getLogger("coinfer.plan").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

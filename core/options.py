@@ -26,6 +26,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, rho_help: str) -> None:
                         help="largest gRPC message accepted and sent, MiB (default: %(default)s)")
 
 
+def add_frequency_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a half treats clock caps it cannot set (no writable cpufreq, no NVML permission)."""
+    parser.add_argument("--emulate-frequency", action="store_true",
+                        help="stretch compute to emulate clock caps the hardware cannot set; for experiments "
+                             "and the paper reproduction (default: such caps are ignored, the clock is reported "
+                             "to the planner as fixed and compute runs at full speed)")
+
+
 def add_planner_arguments(parser: argparse.ArgumentParser, role: str, follows: str) -> None:
     """How a half follows a planner, spelled the same on device and server."""
     parser.add_argument("--planner", metavar="HOST:PORT",

@@ -24,7 +24,7 @@ from typing import Any
 from coinfer.errors import UsageError
 from coinfer.radio import dbm_per_hz_to_w_per_hz, path_loss_gain
 
-DISTORTION_MODELS = ("rd_bound", "magnitude", "random", "measured")
+DISTORTION_MODELS = ("rd_bound", "magnitude", "random", "measured", "output")
 # Schemes that are P1 with a block of variables fixed (solvable at one split point).
 P1_SCHEMES = ("joint", "fixed_power", "fixed_frequency", "device_only_pruning", "server_only_pruning")
 # Schemes that fix the split point instead (meaningful only for a split sweep).

@@ -76,10 +76,11 @@ def check_plan(plan, role: str, model_name: str, min_rho: float = 0.0) -> None:
 
 
 def follow_planner(planner: str, node_id: str, role: str, model_name: str, apply, report: bool = True,
-                   min_rho: float = 0.0):
+                   min_rho: float = 0.0, knobs=None):
     """How either half follows a planner: `apply(plan)` for each new plan that passes check_plan (the
     watcher logs why one does not, and the last good plan stays in force), and a NodeTelemetry
-    reporting to it when `report`. Returns (telemetry or None, the started PlanWatcher)."""
+    reporting to it when `report`. `knobs()` gives the node's planner_pb2.Knobs, sent with each
+    subscription. Returns (telemetry or None, the started PlanWatcher)."""
     if not 0.0 <= min_rho <= 1.0:
         raise UsageError(f"--min-rho must be in [0, 1], got {min_rho}")
 
@@ -88,4 +89,4 @@ def follow_planner(planner: str, node_id: str, role: str, model_name: str, apply
         apply(plan)
 
     telemetry = NodeTelemetry(planner, node_id) if report else None
-    return telemetry, PlanWatcher(planner, node_id, role, apply_if_acceptable).start()
+    return telemetry, PlanWatcher(planner, node_id, role, apply_if_acceptable, knobs=knobs).start()

@@ -10,6 +10,12 @@ pruning are the server's: `SplitModel` asks the server for them (its `Info`) and
 half to match, or, given `planner=`, follows the planner's plans. `encode` takes
 sentence-transformers' arguments with their meaning; any number of sentences is sent in chunks the
 server accepts, and the answers come back in input order. `generate` is BART's.
+
+Every answer says what produced it: after `encode` / `generate`, `model.last_plan` is a dict with the
+plan's epoch, split point k, rho_device / rho_server, prune_method, codec, predicted_quality (the
+planner's; for a static plan 1.0 when nothing is pruned and the codec is fp32, else None: unknown) and
+the device's clock mode (cpufreq | nvml | emulated | fixed); `model.plan_info()` is the same for the
+plan in force now. (`last_plan` is per thread; AsyncSplitModel sets its own after each await.)
 """
 from __future__ import annotations
 
@@ -21,6 +27,12 @@ from dataclasses import fields
 from coinfer.errors import UsageError
 
 log = logging.getLogger(__name__)
+
+
+def merge_plan_infos(infos):
+    from coinfer.device.runtime import merge_plan_infos as merge
+
+    return merge(infos) or None
 
 SERVER_MAX_BATCH = 256  # sequences per request a coinfer server accepts (more: RESOURCE_EXHAUSTED)
 
@@ -75,6 +87,8 @@ class SplitModel:
     codec: the activation codec on the wire (fp32, fp16, bf16, int8, int4).
     timeout_s: the deadline of connecting and of each request.
     seed: the seed of ``random:`` models (the server's --seed).
+    emulate_frequency: stretch the device compute to emulate clock caps the CPU cannot set (a
+        planner's f_d); by default such caps are ignored and the clock is reported as fixed.
     **security: token, cert/tls_cert, key/tls_key, ca/tls_ca, server_name/tls_server_name, mtls —
         those of coinfer.security.Security. Security is PROCESS-WIDE in coinfer: given any, they
         replace the security of every coinfer gRPC client in this process (coinfer.security.configure).
@@ -82,7 +96,7 @@ class SplitModel:
 
     def __init__(self, server: str = "127.0.0.1:50051", model: str = "minilm", planner: str | None = None,
                  codec: str = "fp32", timeout_s: float = 120.0, seed: int = 0, node_id: str = "device",
-                 **security):
+                 emulate_frequency: bool = False, **security):
         from coinfer import security as process_security
         from coinfer.device.client import InferenceClient
         from coinfer.models import resolve_model
@@ -94,6 +108,7 @@ class SplitModel:
         self.planner = planner
         self.timeout_s = timeout_s
         self._runtime = None
+        self._last = threading.local()  # last_plan, per calling thread
         self.src = resolve_model(model, seed=seed)
         with InferenceClient(server, timeout_s=timeout_s) as client:
             client.wait_ready(timeout_s)
@@ -104,7 +119,8 @@ class SplitModel:
         self.info = info
         self._runtime = _make_runtime_class()(
             self.src, int(info.split_point), server=server, codec=codec, epoch=int(info.plan_epoch),
-            generation=GenerationOptions(max_new_tokens=32, num_beams=1), timeout_s=timeout_s)
+            generation=GenerationOptions(max_new_tokens=32, num_beams=1), timeout_s=timeout_s,
+            emulate_frequency=emulate_frequency)
         try:
             if planner:
                 self._runtime.follow(planner, node_id)
@@ -138,6 +154,18 @@ class SplitModel:
         """The DeviceRuntime underneath (timings, plans, retries)."""
         return self._runtime
 
+    @property
+    def last_plan(self) -> dict | None:
+        """What produced this thread's last answer (encode / generate): plan_epoch, k, rho_device,
+        rho_server, prune_method, codec, predicted_quality, clock, ... (see coinfer.device.runtime's
+        plan_info). When a plan changed between the chunks of one call: the last chunk's, with
+        "plan_epochs" listing every epoch. None before the first answer."""
+        return getattr(self._last, "plan", None)
+
+    def plan_info(self) -> dict:
+        """What the next answer will be produced under (the plan in force now), as last_plan."""
+        return self._check_open().plan_info()
+
     def get_sentence_embedding_dimension(self) -> int:
         return self.src.hidden_size
 
@@ -155,11 +183,22 @@ class SplitModel:
 
     def encode(self, sentences, batch_size: int = 32, normalize_embeddings: bool = False,
                convert_to_numpy: bool = True, convert_to_tensor: bool = False, show_progress_bar: bool | None = None):
+        """Sentence embeddings, as SentenceTransformer.encode gives them (see _encode); `last_plan` then
+        says what produced them."""
+        vectors, plan = self._encode(sentences, batch_size, normalize_embeddings, convert_to_numpy,
+                                     convert_to_tensor, show_progress_bar)
+        self._last.plan = plan
+        return vectors
+
+    def _encode(self, sentences, batch_size: int = 32, normalize_embeddings: bool = False,
+                convert_to_numpy: bool = True, convert_to_tensor: bool = False,
+                show_progress_bar: bool | None = None):
         """Sentence embeddings, as SentenceTransformer.encode gives them.
 
         A str gives one vector [dim]; a list gives [n, dim] (convert_to_tensor: a torch tensor, which
         wins over convert_to_numpy; neither: a list of tensors). Sentences go in chunks of batch_size
-        (at most the server's 256), longest first, and come back in input order.
+        (at most the server's 256), longest first, and come back in input order. Returns (embeddings,
+        the plan_info of the requests; None when nothing was sent).
         """
         import numpy as np
         import torch
@@ -178,8 +217,8 @@ class SplitModel:
             show_progress_bar = log.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
         if not texts:  # as sentence-transformers: an empty result, no request sent
             if convert_to_tensor:
-                return torch.empty(0)
-            return np.empty((0,), dtype=np.float32) if convert_to_numpy else []
+                return torch.empty(0), None
+            return (np.empty((0,), dtype=np.float32) if convert_to_numpy else []), None
         chunk = min(batch_size, SERVER_MAX_BATCH)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # less padding per chunk
         starts = range(0, len(order), chunk)
@@ -188,23 +227,33 @@ class SplitModel:
 
             starts = tqdm(starts, desc="Batches")
         vectors: list = [None] * len(texts)
+        plans: list[dict] = []
         for start in starts:
             indices = order[start:start + chunk]
-            output = runtime.infer([texts[i] for i in indices]).output.float()
+            result = runtime.infer([texts[i] for i in indices])
+            plans.append(result.plan)
+            output = result.output.float()
             if normalize_embeddings:  # idempotent: MiniLM's server half already normalises
                 output = torch.nn.functional.normalize(output, p=2, dim=1)
             for row, i in enumerate(indices):
                 vectors[i] = output[row]
+        plan = merge_plan_infos(plans)
         if convert_to_tensor:
             result = torch.stack(vectors)
-            return result[0] if single else result
+            return (result[0] if single else result), plan
         if convert_to_numpy:
             result = torch.stack(vectors).numpy()
-            return result[0] if single else result
-        return vectors[0] if single else vectors
+            return (result[0] if single else result), plan
+        return (vectors[0] if single else vectors), plan
 
     def generate(self, texts, max_new_tokens: int = 32, num_beams: int = 1, batch_size: int = 32):
-        """BART: the generated text of each input (a str gives a str), in input order."""
+        """BART: the generated text of each input (a str gives a str), in input order; `last_plan` then
+        says what produced it."""
+        out, plan = self._generate(texts, max_new_tokens, num_beams, batch_size)
+        self._last.plan = plan
+        return out
+
+    def _generate(self, texts, max_new_tokens: int = 32, num_beams: int = 1, batch_size: int = 32):
         from coinfer.split import GenerationOptions
 
         if self.src.family != "bart":
@@ -216,17 +265,19 @@ class SplitModel:
         if max_new_tokens < 1 or num_beams < 1 or batch_size < 1:
             raise UsageError("generate: max_new_tokens, num_beams and batch_size must be at least 1")
         if not inputs:
-            return []
+            return [], None
         chunk = min(batch_size, SERVER_MAX_BATCH)
         runtime._per_call.generation = GenerationOptions(max_new_tokens=max_new_tokens, num_beams=num_beams)
+        plans: list[dict] = []
         try:
             out: list[str] = []
             for start in range(0, len(inputs), chunk):
-                tokens = runtime.infer(inputs[start:start + chunk]).output
-                out.extend(self.src.tokenizer.batch_decode(tokens, skip_special_tokens=True))
+                result = runtime.infer(inputs[start:start + chunk])
+                plans.append(result.plan)
+                out.extend(self.src.tokenizer.batch_decode(result.output, skip_special_tokens=True))
         finally:
             runtime._per_call.generation = None
-        return out[0] if single else out
+        return (out[0] if single else out), merge_plan_infos(plans)
 
     # --- life --------------------------------------------------------------------------------
     def close(self) -> None:
@@ -254,6 +305,7 @@ class AsyncSplitModel:
         self._model: SplitModel | None = None
         self._opening: asyncio.Lock | None = None
         self._closed = False
+        self.last_plan: dict | None = None  # what produced the last answer awaited (see SplitModel.last_plan)
 
     async def open(self) -> SplitModel:
         if self._closed:
@@ -273,11 +325,19 @@ class AsyncSplitModel:
 
     async def encode(self, sentences, **kwargs):
         model = await self.open()
-        return await asyncio.to_thread(model.encode, sentences, **kwargs)
+        vectors, self.last_plan = await asyncio.to_thread(model._encode, sentences, **kwargs)
+        return vectors  # last_plan is set with no await in between: the caller reads its own
 
     async def generate(self, texts, **kwargs):
         model = await self.open()
-        return await asyncio.to_thread(model.generate, texts, **kwargs)
+        out, self.last_plan = await asyncio.to_thread(model._generate, texts, **kwargs)
+        return out
+
+    def plan_info(self) -> dict:
+        """The plan in force now (see SplitModel.plan_info); the model must be open."""
+        if self._model is None:
+            raise UsageError("this AsyncSplitModel is not open")
+        return self._model.plan_info()
 
     async def close(self) -> None:
         self._closed = True

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from coinfer.options import add_model_arguments, add_planner_arguments
+from coinfer.options import add_frequency_arguments, add_model_arguments, add_planner_arguments
 
 
 def register(subparsers) -> None:
@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--unary", action="store_true", help="one unary call per request instead of a stream")
     add_planner_arguments(parser, "device", "split, rho, codec, frequency cap, transmit power; the device "
                                             "waits for its first plan")
+    add_frequency_arguments(parser)
     parser.add_argument("--channel-control", metavar="HOST:PORT",
                         help="the channel emulator's control address: plans set the transmit power there")
     parser.add_argument("--repeat", type=int, default=1,
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     runtime = DeviceRuntime(src, args.split, args.rho, args.prune_method, args.server, args.codec, args.epoch,
                             args.max_length or None, GenerationOptions(max_new_tokens=args.max_new_tokens),
                             args.max_message_mb * 1024 * 1024, args.timeout_s, not args.unary,
-                            channel_control=args.channel_control)
+                            channel_control=args.channel_control, emulate_frequency=args.emulate_frequency)
     try:
         if args.planner:
             runtime.follow(args.planner, args.node_id, min_rho=args.min_rho)
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
                               "output_kind": result.output_kind, "output": values.tolist(),
                               "end_to_end_ms": result.end_to_end_s * 1e3, "bytes_sent": result.bytes_sent,
                               "plan_epoch": result.plan_epoch, "truncated": row in result.truncated}
+                    record.update({k: v for k, v in result.plan.items() if k != "plan_epoch"})  # what produced it
                     if texts is not None:
                         record["text"] = texts[row]
                     print(json.dumps(record), flush=True)

@@ -9,6 +9,10 @@ Applications on the device call it as they would call OpenAI (or TEI, vLLM, Olla
     GET  /health           200 while the server answers its Info, else 503 (needs no token)
     GET  /metrics          Prometheus: requests by endpoint and status, latency
 
+Every answer says what produced it: /v1/embeddings and /v1/completions carry a top-level "coinfer"
+object (plan_epoch, k, rho_device, rho_server, prune_method, codec, predicted_quality, clock, ...; OpenAI
+clients ignore unknown fields) and the header X-Coinfer-Plan-Epoch.
+
 Errors come as OpenAI's error object ``{"error": {"message", "type", "param", "code"}}`` with the
 HTTP status: 400 bad input, 401 no or wrong token, 404 unknown model, 413 too many inputs, 503 server
 unreachable, 500 anything else. Every request shares one SplitModel: the blocking calls run in worker
@@ -176,14 +180,14 @@ class Service:
                 group.append(other)
                 total += len(other[1])
             try:
-                counts, output = self._embed_batch(kind, [x for _, rows, _ in group for x in rows])
+                counts, output, plan = self._embed_batch(kind, [x for _, rows, _ in group for x in rows])
             except BaseException as exc:
                 for _, _, f in group:
                     f.set_exception(exc)
                 continue
             start = 0
             for _, rows, f in group:
-                f.set_result((int(counts[start:start + len(rows)].sum()), output[start:start + len(rows)]))
+                f.set_result((int(counts[start:start + len(rows)].sum()), output[start:start + len(rows)], plan))
                 start += len(rows)
 
     def close(self) -> None:
@@ -233,18 +237,23 @@ class Service:
         return ids, mask
 
     def _embed_batch(self, kind: str, rows: list):
-        """(tokens of each row, normalised float32 rows) of one request to the server (compute thread)."""
+        """(tokens of each row, normalised float32 rows, the plan_info that produced them) of one request to
+        the server (compute thread)."""
         import torch
 
         if kind == "tokens":
             ids, mask = self._token_batch(rows)
         else:
             ids, mask = self.runtime.tokenize(rows)
-        output = self.runtime.infer_tokens(ids, mask).output.float()
-        return mask.sum(dim=1).numpy(), torch.nn.functional.normalize(output, p=2, dim=1).numpy()
+        result = self.runtime.infer_tokens(ids, mask)
+        output = result.output.float()
+        return mask.sum(dim=1).numpy(), torch.nn.functional.normalize(output, p=2, dim=1).numpy(), result.plan
 
-    def embed(self, kind: str, items: list) -> tuple[list, int]:
-        """Normalised vectors (float32 numpy rows) in input order, and the tokens sent."""
+    def embed(self, kind: str, items: list) -> tuple[list, int, dict]:
+        """Normalised vectors (float32 numpy rows) in input order, the tokens sent, and the plan_info that
+        produced them (merge_plan_infos over the chunks)."""
+        from coinfer.device.runtime import merge_plan_infos
+
         runtime = self.runtime
         limit = runtime.max_length
         if kind == "tokens":
@@ -264,13 +273,15 @@ class Service:
         order = sorted(range(len(items)), key=lambda i: -sizes[i])  # less padding per chunk
         vectors: list = [None] * len(items)
         tokens = 0
+        plans = []
         for start in range(0, len(order), self.chunk):
             indices = order[start:start + self.chunk]
-            count, output = self._submit(kind, [items[i] for i in indices])
+            count, output, plan = self._submit(kind, [items[i] for i in indices])
             tokens += count
+            plans.append(plan)
             for row, i in enumerate(indices):
                 vectors[i] = output[row]
-        return vectors, tokens
+        return vectors, tokens, merge_plan_infos(plans)
 
     def embeddings(self, body: dict) -> dict:
         import numpy as np
@@ -290,7 +301,7 @@ class Service:
         if "input" not in body:
             raise ApiError(400, "'input' is required", "input")
         kind, items = parse_input(body["input"])
-        vectors, tokens = self.embed(kind, items)
+        vectors, tokens, plan = self.embed(kind, items)
         data = []
         for i, vector in enumerate(vectors):
             if fmt == "base64":
@@ -299,7 +310,7 @@ class Service:
                 value = vector.tolist()
             data.append({"object": "embedding", "index": i, "embedding": value})
         return {"object": "list", "data": data, "model": self.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "coinfer": plan}
 
     # completions
     def completions(self, body: dict) -> dict:
@@ -325,8 +336,8 @@ class Service:
             raise ApiError(400, "'stream' is not supported", "stream")
         _, mask = self.runtime.tokenize(prompts)
         prompt_tokens = int(mask.sum())
-        texts = self.on_compute_thread(self.model.generate, prompts, max_new_tokens=max_tokens, num_beams=num_beams,
-                                       batch_size=self.chunk)
+        texts, plan = self.on_compute_thread(self.model._generate, prompts, max_new_tokens=max_tokens,
+                                             num_beams=num_beams, batch_size=self.chunk)
         tokenizer = self.src.tokenizer
         completion_tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
         return {"id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "created": int(time.time()),
@@ -334,7 +345,7 @@ class Service:
                 "choices": [{"text": t, "index": i, "logprobs": None, "finish_reason": "length"}
                             for i, t in enumerate(texts)],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+                          "total_tokens": prompt_tokens + completion_tokens}, "coinfer": plan}
 
 
 def create_app(service: Service, token: str | None = None):
@@ -415,7 +426,9 @@ def create_app(service: Service, token: str | None = None):
         except Exception as exc:
             return _error_response(_from_exception(exc))
         inputs.inc(len(result.get("data") or result.get("choices") or ()))
-        return JSONResponse(result)
+        plan = result.get("coinfer") or {}
+        headers = {"X-Coinfer-Plan-Epoch": str(plan["plan_epoch"])} if "plan_epoch" in plan else None
+        return JSONResponse(result, headers=headers)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
@@ -492,7 +505,8 @@ def serve(args) -> int:
     sock, host = _bind(args.http)
     try:
         model = SplitModel(server=args.server, model=args.model, planner=args.planner, codec=args.codec,
-                           timeout_s=args.timeout_s, seed=args.seed, node_id=args.node_id)
+                           timeout_s=args.timeout_s, seed=args.seed, node_id=args.node_id,
+                           emulate_frequency=getattr(args, "emulate_frequency", False))
     except BaseException:
         sock.close()
         raise

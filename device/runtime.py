@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import grpc
 import torch
@@ -26,6 +26,7 @@ from coinfer.errors import UsageError
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
 from coinfer.openmp import release_thread_pool
+from coinfer.plans import PLAN_LOG, describe_plan
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.pruning import Pruner, check_method, check_ratio
 from coinfer.retry import RetryPolicy
@@ -56,8 +57,41 @@ class DevicePlan:
     rho: float
     method: str
     codec: str
-    freq_hz: float
-    tx_power_w: float | None
+    freq_hz: float                          # the cap in force (F where the clock is fixed)
+    tx_power_w: float | None                # in force (None: not set, e.g. no channel emulator)
+    # what the device knows of the rest of the plan, for the answers' plan_info (not applied here)
+    rho_server: float | None = None         # a planner's plan, or the server's Info; None: unknown
+    predicted_quality: float | None = None  # a planner's prediction; None: none made
+    quality_metric: str = ""
+    reason: str = ""                        # why the planner made it
+    source: str = "static"                  # static (command line / the server's Info) | planner
+    server_clock: str = ""                  # the server's clock mode, where known
+
+
+def plan_info(plan: DevicePlan, clock: str) -> dict:
+    """What produced an answer: the plan's epoch, split, ratios, pruning, codec, predicted quality and the
+    device's clock mode. A static plan's quality is 1.0 when nothing is pruned and the codec is lossless
+    (fp32), else None (unknown)."""
+    quality = plan.predicted_quality
+    if quality is None and plan.rho == 1.0 and plan.rho_server == 1.0 and plan.codec == "fp32":
+        quality = 1.0
+    return {"plan_epoch": plan.epoch, "plan_source": plan.source, "plan_reason": plan.reason or None,
+            "k": plan.split, "rho_device": plan.rho, "rho_server": plan.rho_server,
+            "prune_method": plan.method, "codec": plan.codec, "predicted_quality": quality,
+            "quality_metric": plan.quality_metric or None, "clock": clock, "freq_hz": plan.freq_hz,
+            "server_clock": plan.server_clock or None}
+
+
+def merge_plan_infos(infos: list[dict]) -> dict:
+    """One plan_info for an answer made of several requests: the last one's, with "plan_epochs" listing
+    every epoch when a plan changed in between."""
+    if not infos:
+        return {}
+    merged = dict(infos[-1])
+    epochs = sorted({i["plan_epoch"] for i in infos})
+    if len(epochs) > 1:
+        merged["plan_epochs"] = epochs
+    return merged
 
 
 @dataclass(eq=False)
@@ -93,6 +127,7 @@ class DeviceResult:
     server_energy_j: float = 0.0
     server_energy_source: str = ""
     truncated: tuple[int, ...] = ()  # rows whose input was longer than the length limit, cut to it
+    plan: dict = field(default_factory=dict)  # plan_info(): what produced this answer
 
 
 class DeviceRuntime:
@@ -103,7 +138,7 @@ class DeviceRuntime:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout_s: float = 120.0,
                  use_stream: bool = True, max_freq_hz: float = DEFAULT_DEVICE_MAX_FREQ_HZ,
                  power_model: PowerModel = DEFAULT_DEVICE_POWER, channel_control: str | None = None,
-                 telemetry=None, attempt_timeout_s: float | None = None):
+                 telemetry=None, attempt_timeout_s: float | None = None, emulate_frequency: bool = False):
         if codec not in CODECS:
             raise UsageError(f"--codec: unknown codec {codec!r} (one of {', '.join(CODECS)})")
         self.src = src
@@ -114,7 +149,9 @@ class DeviceRuntime:
         self.attempt_timeout_s = attempt_timeout_s or max(1.0, timeout_s / 4)
         self.retries = 0  # transient failures retried, over this runtime's life
         self.max_length = min(max_length or src.max_seq_length, src.max_seq_length)
-        self.freq = FrequencyControl("cpu", max_freq_hz)
+        # a clock cap the hardware cannot set is ignored ("fixed"), unless emulation is asked for
+        self.freq = FrequencyControl("cpu", max_freq_hz, emulate=emulate_frequency)
+        self._tx_ignored_logged = False
         self.meter = make_meter("cpu", power_model)
         self.telemetry = telemetry  # a NodeTelemetry, when a planner listens
         self.channel = None
@@ -159,32 +196,62 @@ class DeviceRuntime:
     def set_pruning(self, rho: float, method: str) -> None:
         """Change the device half's ratio under the current epoch (a static, planner-less setting)."""
         p = self.state.plan
-        self.apply(p.epoch, p.split, rho, method, p.codec, p.freq_hz, None, p.tx_power_w)
+        self.apply(p.epoch, p.split, rho, method, p.codec, p.freq_hz, None, p.tx_power_w,
+                   rho_server=p.rho_server, server_clock=p.server_clock)
 
     def apply(self, epoch: int, split: int, rho: float, method: str, codec: str, freq_hz: float | None = None,
-              max_freq_hz: float | None = None, tx_power_w: float | None = None) -> DevicePlan:
-        """Move to a new plan: build beside the current state, swap between device computes."""
+              max_freq_hz: float | None = None, tx_power_w: float | None = None, **about) -> DevicePlan:
+        """Move to a new plan: build beside the current state, swap between device computes. A cap the
+        clock cannot set, or a transmit power with no channel emulator to set it on, is ignored: the
+        plan records what is in force. `about`: DevicePlan's other fields (rho_server, ...)."""
         rho, method = check_ratio(rho), check_method(method)  # UsageError naming the value
         if codec not in CODECS:
             raise UsageError(f"codec: unknown codec {codec!r}")
         with self._apply_lock:
             self.freq = self.freq.with_max(max_freq_hz)
             cap = self.freq.cap_for(freq_hz)
-            plan = DevicePlan(epoch, split, rho, method, codec, cap, tx_power_w)
             current = self.state
+            if tx_power_w and self.channel is None:
+                self._log_tx_ignored(tx_power_w)
+                tx_power_w = None
+            plan = DevicePlan(epoch, split, rho, method, codec, cap, tx_power_w, **about)
             fresh = self._build(plan) if split != current.plan.split else None
-            if tx_power_w and self.channel is not None and tx_power_w != current.plan.tx_power_w:
+            if tx_power_w and tx_power_w != current.plan.tx_power_w:
                 self.channel.set_tx_power(tx_power_w)  # the radio first: the next bytes go out at p
             with self._compute_lock:
+                self.freq.set_cap(cap)
+                if self.freq.cap_hz != plan.freq_hz:  # fixed (F), or clamped by the kernel
+                    plan = replace(plan, freq_hz=self.freq.cap_hz)
                 if fresh is None:
                     current.pruner.apply(rho, method)
                     fresh = DeviceState(plan, current.part, current.pruner)
+                fresh.plan = plan
                 self.state = fresh
-                self.freq.set_cap(cap)
         release_thread_pool()  # plans arrive on the watcher's thread; the forwards run on the caller's
         with self._plan_changed:
             self._plan_changed.notify_all()
         return plan
+
+    def _log_tx_ignored(self, tx_power_w: float) -> None:
+        if not self._tx_ignored_logged:
+            self._tx_ignored_logged = True
+            PLAN_LOG.info("transmit power %g W ignored: no channel emulator or radio to set it on "
+                          "(--channel-control); sending at whatever the link gives", tx_power_w)
+
+    def knobs(self):
+        """What this device can really set, for the planner (planner_pb2.Knobs): its clock, the transmit
+        power (emulator: through the channel emulator's control port; else fixed) and its energy meter.
+        max_tx_power_w stays 0 (unknown): the emulator has no P_max of its own (it accepts up to a 1 kW
+        sanity bound), so the system file's P_max is the one that holds."""
+        knobs = self.freq.knobs()
+        knobs.tx_power = "emulator" if self.channel is not None else "fixed"
+        knobs.max_tx_power_w = 0.0
+        knobs.energy_source = self.meter.source
+        return knobs
+
+    def plan_info(self, state: DeviceState | None = None) -> dict:
+        """What the answers are produced under now (or under `state`): see plan_info()."""
+        return plan_info((state or self.state).plan, self.freq.mode)
 
     def wait_for_epoch(self, epoch: int, deadline: float) -> bool:
         with self._plan_changed:
@@ -223,6 +290,10 @@ class DeviceRuntime:
             problems.append(f"plan epoch {info.plan_epoch} (device has {self.epoch})")
         if problems:
             raise UsageError(f"server at {self.client.address} holds " + ", ".join(problems))
+        if self.watcher is None:  # a static plan: the server's ratio and clock are known from its Info
+            with self._compute_lock:
+                self.state.plan = replace(self.state.plan, rho_server=float(info.rho) if info.rho > 0 else None,
+                                          server_clock=getattr(info, "freq_mode", "") or "")
         return info
 
     def _channel_hint(self) -> str:
@@ -334,7 +405,8 @@ class DeviceRuntime:
                     device_compute_s=compute_s, encode_s=0.0, transfer_s=0.0, server_queue_s=0.0,
                     server_compute_s=0.0, server_batch_size=0, end_to_end_s=finished - started, bytes_sent=0,
                     bytes_received=0, plan_epoch=state.plan.epoch, resends=resends,
-                    device_energy_j=energy.joules, device_energy_source=energy.source), attention_mask, state.plan.split)
+                    device_energy_j=energy.joules, device_energy_source=energy.source,
+                    plan=self.plan_info(state)), attention_mask, state.plan.split)
             encode_from = time.perf_counter()
             request = self._request(request_id, state, hidden, attention_mask)
             sent_at = time.perf_counter()
@@ -379,7 +451,7 @@ class DeviceRuntime:
                 server_compute_s=t.compute_s, server_batch_size=t.batch_size, end_to_end_s=finished - started,
                 bytes_sent=request.ByteSize(), bytes_received=reply.ByteSize(), plan_epoch=state.plan.epoch,
                 resends=resends, retries=retries, device_energy_j=energy.joules, device_energy_source=energy.source,
-                server_energy_j=t.energy_j, server_energy_source=t.energy_source)
+                server_energy_j=t.energy_j, server_energy_source=t.energy_source, plan=self.plan_info(state))
             if self.telemetry is not None:
                 self.telemetry.report_device(result, state.plan.epoch, self.freq.effective_freq_hz(),
                                              state.plan.tx_power_w or 0.0)
@@ -398,14 +470,18 @@ class DeviceRuntime:
         from coinfer.telemetry import follow_planner
 
         telemetry, self.watcher = follow_planner(planner, node_id, "device", self.src.name, self._apply_plan, report,
-                                                  min_rho)
+                                                  min_rho, knobs=self.knobs)
         self.telemetry = telemetry or self.telemetry
 
     def _apply_plan(self, plan) -> None:
         current = self.state.plan
         self.apply(plan.epoch, plan.split_point, plan.rho_device, plan.prune_method or current.method,
                    plan.codec or current.codec, plan.f_device_hz or None, plan.device_max_freq_hz or None,
-                   plan.tx_power_w or None)
+                   plan.tx_power_w or None, rho_server=plan.rho_server,
+                   predicted_quality=plan.predicted_quality or None, quality_metric=plan.quality_metric,
+                   reason=plan.reason, source="planner",
+                   server_clock=plan.server_knobs.clock if plan.HasField("server_knobs") else "")
+        PLAN_LOG.info("%s", describe_plan(plan, self.freq.describe()))
         for listener in list(self.plan_listeners):
             listener(plan)
 

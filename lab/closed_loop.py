@@ -108,14 +108,16 @@ def run_closed_loop(args) -> int:
             "planner", stderr=quiet))
         server = stack.enter_context(ServiceProcess(
             ["server", "--model", args.model, "--split", str(split), "--listen", "127.0.0.1:0",
-             "--planner", planner.address, "--seed", str(args.seed)], "server", stderr=quiet,
+             "--planner", planner.address, "--seed", str(args.seed),
+             # this machine's clocks cannot be set: the planner's caps are emulated (compute stretched)
+             "--emulate-frequency"], "server", stderr=quiet,
             env={**os.environ, "GOMP_SPINCOUNT": "100"}))
         channel = stack.enter_context(ServiceProcess(
             ["channel", "--listen", "127.0.0.1:0", "--upstream", server.address, "--control", "127.0.0.1:0",
              "--bandwidth-hz", str(LOOPBACK_SYSTEM["channel"]["bandwidth_hz"]), "--tx-power-w", "0.2",
              "--gain-db", str(GAIN_DB), "--delay-ms", "2"], "channel", expect=("listening", "control"), stderr=quiet))
         device = DeviceRuntime(src, split, server=channel.address, channel_control=channel.endpoints["control"],
-                               timeout_s=60.0)
+                               timeout_s=60.0, emulate_frequency=True)
         stack.callback(device.close)
         device.plan_listeners.append(on_plan)
         device.follow(planner.address, "device")

@@ -135,3 +135,18 @@ def check_claim(known_epoch: int, known_planner_id: str) -> None:
     if len(known_planner_id) > MAX_PLANNER_ID_CHARS:
         raise ValueError(f"known_planner_id: at most {MAX_PLANNER_ID_CHARS} characters, "
                          f"got {len(known_planner_id)}")
+
+
+KNOB_STRINGS = {"clock": 16, "clock_reason": 200, "tx_power": 16, "energy_source": MAX_ENERGY_SOURCE_CHARS}
+
+
+def check_knobs(knobs: ppb.Knobs) -> None:
+    """A node's Knobs (WatchRequest.knobs): bounded strings, frequencies and power in physical range."""
+    for name, most in KNOB_STRINGS.items():
+        if len(getattr(knobs, name)) > most:
+            raise ValueError(f"knobs.{name}: at most {most} characters, got {len(getattr(knobs, name))}")
+    check_range("knobs.min_freq_hz", knobs.min_freq_hz, 0.0, MAX_FREQ_HZ)
+    check_range("knobs.max_freq_hz", knobs.max_freq_hz, 0.0, MAX_FREQ_HZ)
+    check_range("knobs.max_tx_power_w", knobs.max_tx_power_w, 0.0, MAX_TX_POWER_W)
+    if knobs.max_freq_hz and knobs.min_freq_hz > knobs.max_freq_hz:
+        raise ValueError(f"knobs.min_freq_hz: must be <= max_freq_hz ({knobs.max_freq_hz:g}), got {knobs.min_freq_hz:g}")

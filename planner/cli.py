@@ -131,19 +131,21 @@ def run_plan(args: argparse.Namespace) -> int:
           f"{args.seq_len} tokens, {profile.total_flops / 1e9:.3f} GFLOPs, codec {args.codec}, "
           f"scheme {result.scheme}, solver {args.solver}")
     print(f"{'k':>3} {'ok':>3} {'distortion':>12} {'delay_s':>9} {'energy_j':>9} {'rho_d':>7} {'rho_s':>7} "
-          f"{'f_d_GHz':>8} {'f_s_GHz':>8} {'p_W':>7} {'sent_Mbit':>9}")
+          f"{'f_d_GHz':>8} {'f_s_GHz':>8} {'p_W':>7} {'sent_Mbit':>9} {'binding':>8}")
     for r in result.table:
         sent = result.sent_bits[r.split] / 1e6
         if r.feasible:
             print(f"{r.split:>3} {'yes':>3} {r.distortion:>12.5g} {r.delay_s:>9.4g} {r.energy_j:>9.4g} "
                   f"{r.rho_device:>7.4f} {r.rho_server:>7.4f} {r.f_device_hz / 1e9:>8.4f} "
-                  f"{r.f_server_hz / 1e9:>8.4f} {r.tx_power_w:>7.4f} {sent:>9.4g}")
+                  f"{r.f_server_hz / 1e9:>8.4f} {r.tx_power_w:>7.4f} {sent:>9.4g} {r.binding:>8}")
+            print(f"{'':>7} why: {r.explanation}")
         else:
             print(f"{r.split:>3} {'no':>3} {'-':>12}  would need max_delay_s >= "
                   f"{_short(r.min_feasible_delay_s)} or max_energy_j >= {_short(r.min_feasible_energy_j)}"
                   f"   (sent {sent:.4g} Mbit)")
     if result.feasible:
-        print(f"chosen split k = {result.split}")
+        print(f"chosen split k = {result.split} (least distortion; ties go to less energy, then less delay): "
+              f"{result.explanation}")
         print(_describe(result.plan, system.qos))
     else:
         print(f"INFEASIBLE at every split point; least delay limit {_opt(result.min_feasible_delay_s, 's')}, "

@@ -41,7 +41,8 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable
 
-from coinfer.planner.bounds import MAX_EPOCH_JUMP, UINT64_MAX, check_claim, check_qos, check_sample
+from coinfer.planner.bounds import MAX_EPOCH_JUMP, UINT64_MAX, check_claim, check_knobs, check_qos, check_sample
+from coinfer.planner.scenario import Held
 from coinfer.planner.estimators import ComputeModel, Tracked, gain_from_rate, power_coeff_from_energy
 from coinfer.protos import planner_pb2 as ppb
 from coinfer.radio import shannon_rate_bps
@@ -51,7 +52,13 @@ log = logging.getLogger(__name__)
 
 # Re-plans triggered by estimates publish only a changed decision; the others always publish.
 SILENT_IF_UNCHANGED = ("channel_change", "compute_drift", "power_drift")
-REASONS = ("start", "channel_change", "compute_drift", "power_drift", "qos_change", "operator_request", "resync")
+REASONS = ("start", "channel_change", "compute_drift", "power_drift", "qos_change", "operator_request", "resync",
+           "knobs_change")
+SETTABLE_CLOCKS = ("cpufreq", "nvml", "emulated")   # anything else (fixed, unknown, not reported) is held at F
+SETTABLE_TX_POWER = ("emulator", "radio")
+METHODS = ("structured", "magnitude", "random")
+QUALITY_STATISTIC = "worst"
+QUALITY_CHECKS = 4      # solves per plan, each with the floor raised by what the last check measured short
 OPERATOR_REASONS = ("operator_request", "qos_change")  # skip min_interval_s, but draw on the operator bucket
 MIN_TIME_S = 1e-6     # a measured time below a microsecond says nothing about compute or the channel
 MIN_FREQ_HZ = 1.0     # 0: not reported (plans for small models do set clocks below 1 MHz)
@@ -67,7 +74,10 @@ class ControllerSettings:
     batch: int = 1                  # the workload a plan is solved for
     seq_len: int = 32
     codec: str = "fp32"
-    prune_method: str = "structured"  # compute falls with rho only when whole heads/neurons go
+    # auto: the planner picks per plan from each method's measured quality and speed (a quality model is
+    # needed); else the one every plan uses
+    prune_method: str = "auto"
+    min_quality: float = 0.98       # the floor on predicted output quality (0: none); needs a quality model
     split: str | int = "auto"
     delay_margin: float = 0.15      # solve for (1 - margin) T_max, for the spread of real delays
     drift: float = 0.2              # relative change that counts as a change
@@ -82,6 +92,10 @@ class ControllerSettings:
     operator_per_s: float = 1.0     # ... and per second after that
 
     def __post_init__(self):
+        if self.prune_method not in ("auto",) + METHODS:
+            raise ValueError(f"prune_method must be auto or one of {', '.join(METHODS)}, got {self.prune_method!r}")
+        if not 0 <= self.min_quality <= 1:
+            raise ValueError(f"min_quality must be in [0, 1], got {self.min_quality}")
         if self.warmup < 1 or self.operator_burst < 1 or not self.operator_per_s > 0:
             raise ValueError("warmup and operator_burst must be >= 1, operator_per_s > 0")
         if not (self.resync_interval_s >= 0 and (self.persist_s is None or self.persist_s >= 0)):
@@ -119,7 +133,14 @@ def _same_decision(a: ppb.Plan, b: ppb.Plan, rho_tol: float = 0.02, rel_tol: flo
 class Controller:
     def __init__(self, system: System, profile, settings: ControllerSettings,
                  on_plan: Callable[[ppb.Plan], None], profile_at: Callable[[int, int], object] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, quality=None, quality_check=None):
+        if settings.prune_method == "auto" and quality is None:
+            settings = replace(settings, prune_method="structured")  # nothing measured to choose by
+        # coinfer.planner.quality.QualityModel, or None (the paper's model). Plans are solved for the
+        # worst calibration answer: every answer, not the average one, must stay above the floor.
+        self.quality = quality.with_statistic(QUALITY_STATISTIC) if quality is not None else None
+        self.quality_check = quality_check  # coinfer.planner.quality.QualityCheck: measures a plan before it goes
+        self.knobs: dict[str, ppb.Knobs | None] = {"device": None, "server": None}
         self.system = system
         self.profile = profile
         self.settings = settings
@@ -172,13 +193,35 @@ class Controller:
                          warm(self.overhead, self.overhead.value), self.counts["device"], self.counts["server"],
                          warm(self.c_device, self.c_device.fixed_s), warm(self.c_server, self.c_server.fixed_s))
 
+    # --- knobs -------------------------------------------------------------------------------
+    def set_knobs(self, role: str, knobs: ppb.Knobs) -> ppb.Plan | None:
+        """What a node says it can set (from its WatchRequest). Checked before it is believed; a change
+        re-plans (a clock that became settable may save energy; one that did not is held at F)."""
+        check_knobs(knobs)
+        if role not in self.knobs:
+            return None
+        with self._lock:
+            before = self.knobs[role]
+            self.knobs[role] = ppb.Knobs.FromString(knobs.SerializeToString())  # a copy
+            if self.plan is None or before == self.knobs[role] or _held(before, role) == _held(knobs, role):
+                return None
+            return self._replan("knobs_change")
+
+    def held(self) -> Held:
+        """Knobs nobody can set: a clock is settable only where its node said cpufreq, nvml or emulated;
+        transmit power only through an emulator or radio the device drives."""
+        d, s = _held(self.knobs["device"], "device"), _held(self.knobs["server"], "server")
+        return Held(freq_d=d[0], freq_s=s[0], power=d[1])
+
     def effective_system(self) -> System:
         """The system file with every quantity that has been measured replaced by its estimate."""
         e, sys_ = self.estimates(), self.system
         device = replace(sys_.device, flops_per_cycle=e.device_flops_per_cycle or sys_.device.flops_per_cycle,
-                         power_coeff=e.device_power_coeff or sys_.device.power_coeff)
+                         power_coeff=e.device_power_coeff or sys_.device.power_coeff,
+                         max_freq_hz=_measured_max(self.knobs["device"], sys_.device.max_freq_hz))
         server = replace(sys_.server, flops_per_cycle=e.server_flops_per_cycle or sys_.server.flops_per_cycle,
-                         power_coeff=e.server_power_coeff or sys_.server.power_coeff)
+                         power_coeff=e.server_power_coeff or sys_.server.power_coeff,
+                         max_freq_hz=_measured_max(self.knobs["server"], sys_.server.max_freq_hz))
         channel = replace(sys_.channel, gain=e.channel_gain or sys_.channel.gain)
         fixed = (e.overhead_s or 0.0) + (e.device_fixed_s or 0.0) + (e.server_fixed_s or 0.0)
         budget = self.qos.max_delay_s * (1 - self.settings.delay_margin) - fixed
@@ -337,8 +380,6 @@ class Controller:
             return self._replan(reason)
 
     def _replan(self, reason: str) -> ppb.Plan:
-        from coinfer.planner.sweep import plan_splits
-
         with self._lock:
             if self._claim is not None and self.clock() >= self._resync_due():
                 # a node holds another planner's epoch: this plan goes past it (and must be published)
@@ -347,7 +388,7 @@ class Controller:
                 if reason in SILENT_IF_UNCHANGED:
                     reason = "resync"
             system = self.effective_system()
-            result = plan_splits(self.profile, system, split=self.settings.split, codec=self.settings.codec)
+            result = self._solve(system)
             plan = self._plan_from(result, system, reason)
             for tracked in (self.rate, self.c_device, self.c_server, self.k_device, self.k_server):
                 tracked.hysteresis.reset()
@@ -365,10 +406,41 @@ class Controller:
             if self._timer is not None and reason in OPERATOR_REASONS:
                 self._timer.cancel()
                 self._deferred = None
-        log.info("plan epoch %d (%s): k=%d rho=%.3f/%.3f p=%.4g W feasible=%s", plan.epoch, reason,
-                 plan.split_point, plan.rho_device, plan.rho_server, plan.tx_power_w, plan.feasible)
+        log.info("plan epoch %d (%s): k=%d rho=%.3f/%.3f %s quality %s p=%.4g W feasible=%s binding=%s; %s",
+                 plan.epoch, reason, plan.split_point, plan.rho_device, plan.rho_server, plan.prune_method,
+                 f"{plan.predicted_quality:.4f}" if plan.quality_metric else "unknown", plan.tx_power_w,
+                 plan.feasible, plan.binding, plan.detail)
         self.on_plan(plan)
         return plan
+
+    def _solve(self, system: System):
+        """P1 over the split points; with a quality model, for each method, under the floor, and a pruned
+        plan measured on the calibration set before it is believed: where the measured quality falls
+        short of the prediction, the floor is raised by the shortfall and P1 solved again."""
+        from coinfer.planner.sweep import plan_splits
+
+        s = self.settings
+        methods = tuple(m for m in METHODS if m in self.quality.methods) if self.quality is not None else ()
+        methods = (methods[:2] if s.prune_method == "auto" else (s.prune_method,)) or ("structured",)
+        floor = s.min_quality if self.quality is not None else 0.0
+        for _ in range(QUALITY_CHECKS):
+            result = plan_splits(self.profile, system, split=s.split, codec=s.codec, held=self.held(),
+                                 quality=self.quality, methods=methods, min_quality=floor)
+            sol = result.plan
+            if self.quality_check is None or sol is None or min(sol.rho_device, sol.rho_server) >= 1.0:
+                return result
+            _, worst = self.quality_check.measure(result.method, result.split, sol.rho_device, sol.rho_server)
+            log.info("plan check: k=%d %s rho=%.3f/%.3f predicted %.4f, measured %.4f (worst calibration answer)",
+                     result.split, result.method, sol.rho_device, sol.rho_server, sol.predicted_quality, worst)
+            sol.predicted_quality = worst
+            if worst >= s.min_quality:
+                return result
+            floor = min(1.0, floor + (s.min_quality - worst) + 1e-3)
+        result.reason = (f"no plan meets the QoS with measured quality >= {s.min_quality:g}: the last candidate "
+                         f"(k={result.split}, {result.method}, rho {sol.rho_device:.3f}/{sol.rho_server:.3f}) "
+                         f"measured {worst:.4f} on the calibration set")
+        result.plan, result.feasible, result.binding = None, False, "quality"
+        return result
 
     # --- epochs ------------------------------------------------------------------------------
     def adopt_epoch(self, known_epoch: int, known_planner_id: str) -> None:
@@ -419,20 +491,38 @@ class Controller:
         if epoch > UINT64_MAX:  # unreachable: claims are bounded and jumps are rate limited (bounds.py)
             raise RuntimeError(f"epoch {epoch} does not fit a uint64")
         sol = result.plan
+        held = self.held()
+        knobs = {role: ppb.Knobs() if k is None else k for role, k in self.knobs.items()}
         common = dict(epoch=epoch, reason=reason, created_unix_s=time.time(), model_id=self.profile.name,
-                      prune_method=self.settings.prune_method, codec=self.settings.codec,
+                      codec=self.settings.codec,
                       delay_limit_s=self.qos.max_delay_s, energy_limit_j=self.qos.max_energy_j,
                       device_max_freq_hz=system.device.max_freq_hz, server_max_freq_hz=system.server.max_freq_hz,
-                      planner_id=self.planner_id)
-        if sol is None:  # infeasible: the fastest configuration at the current split, flagged as such
+                      planner_id=self.planner_id, device_knobs=knobs["device"], server_knobs=knobs["server"],
+                      binding=result.binding,
+                      min_quality=self.settings.min_quality if self.quality is not None else 0.0,
+                      quality_metric=self.quality.metric if self.quality is not None else "")
+        held_note = f"; held at maximum (not settable): {', '.join(held.names())}" if held.names() else ""
+        if sol is None:
+            # infeasible: the nodes keep the last good plan's configuration (never a lower quality to
+            # chase a limit nobody can meet); with none yet, the unpruned model at full speed
+            why = (result.reason or "infeasible")[:400] + held_note
+            log.warning("no plan meets the QoS%s: %s", " and the quality floor" if self.quality else "", why)
+            last = self._last_good
+            if last is not None:
+                keep = {f: getattr(last, f) for f in ("split_point", "rho_device", "rho_server", "prune_method",
+                                                      "f_device_hz", "f_server_hz", "tx_power_w",
+                                                      "predicted_quality")}
+                return ppb.Plan(**common, **keep, feasible=False, detail="kept the last good plan: " + why)
             k = self.plan.split_point if self.plan else (0 if self.settings.split == "auto" else int(self.settings.split))
-            floor = system.distortion.min_ratio
-            return ppb.Plan(**common, split_point=k, rho_device=floor, rho_server=floor,
-                            f_device_hz=system.device.max_freq_hz, f_server_hz=system.server.max_freq_hz,
-                            tx_power_w=system.max_tx_power_w, feasible=False,
-                            detail=(result.reason or "infeasible")[:500])
+            return ppb.Plan(**common, split_point=k, rho_device=1.0, rho_server=1.0,
+                            prune_method=self._default_method(), f_device_hz=system.device.max_freq_hz,
+                            f_server_hz=system.server.max_freq_hz, tx_power_w=system.max_tx_power_w,
+                            feasible=False, predicted_quality=1.0 if self.quality is not None else 0.0,
+                            detail="unpruned at full speed: " + why)
+        method = result.method or self._default_method()
         return ppb.Plan(
-            **common, split_point=result.split, feasible=True,
+            **common, split_point=result.split, feasible=True, prune_method=method,
+            predicted_quality=sol.predicted_quality if sol.predicted_quality is not None else 0.0,
             rho_device=sol.rho_device if sol.rho_device is not None else 1.0,
             rho_server=sol.rho_server if sol.rho_server is not None else 1.0,
             f_device_hz=sol.f_device_hz or system.device.max_freq_hz,
@@ -440,4 +530,30 @@ class Controller:
             tx_power_w=sol.tx_power_w or (self.plan.tx_power_w if self.plan else system.max_tx_power_w),
             predicted_delay_s=sol.delay_s or 0.0, predicted_energy_j=sol.energy_j or 0.0,
             distortion=sol.distortion or 0.0,
-            detail=f"solved with delay budget {system.qos.max_delay_s * 1e3:.1f} ms")
+            detail=(f"{result.explanation}; solved with delay budget {system.qos.max_delay_s * 1e3:.1f} ms"
+                    + held_note)[:500])
+
+    @property
+    def _last_good(self) -> ppb.Plan | None:
+        for plan in reversed(self.plans.values()):
+            if plan.feasible:
+                return plan
+        return None
+
+    def _default_method(self) -> str:
+        return "structured" if self.settings.prune_method == "auto" else self.settings.prune_method
+
+
+def _held(knobs: ppb.Knobs | None, role: str) -> tuple[bool, bool]:
+    """(clock held, transmit power held) for what a node reported (nothing reported: both held)."""
+    if knobs is None:
+        return True, True
+    return knobs.clock not in SETTABLE_CLOCKS, role != "device" or knobs.tx_power not in SETTABLE_TX_POWER
+
+
+def _measured_max(knobs: ppb.Knobs | None, assumed: float) -> float:
+    """F: what a node with a real clock control measured; otherwise what the system says (a fixed
+    clock runs at whatever the machine gives, which the compute estimates absorb)."""
+    if knobs is not None and knobs.clock in ("cpufreq", "nvml") and knobs.max_freq_hz > 0:
+        return knobs.max_freq_hz
+    return assumed

@@ -27,7 +27,7 @@ import numpy as np
 from coinfer.planner.costs import LN2, Point, Scaled, Shape
 from coinfer.planner.distortion import l1_mass, segment_pieces
 from coinfer.planner.result import Solution, infeasible, solution_at
-from coinfer.planner.scenario import Fixes, Scenario
+from coinfer.planner.scenario import Fixes, Scenario  # noqa: F401 (Fixes: type of the key)
 
 # Clarabel's defaults are 1e-8; a little tighter keeps 0.5 % agreement when D is tiny (rd_bound).
 _CLARABEL = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-9, "tol_feas": 1e-9, "max_iter": 200}
@@ -49,7 +49,7 @@ def phi_term(cp, P, model: str, j: str, r, n_pieces: int, cons: list):
         return w - w * r
     if model == "rd_bound":         # w 2^(-q r) = exp(ln w - q ln2 r); ln w keeps it DPP
         return cp.exp(P(f"lw_{j}", nonneg=False) - P("ql") * r)
-    if model == "measured":         # max of affine pieces, by epigraph
+    if model in ("measured", "output"):   # max of affine pieces, by epigraph
         t = cp.Variable(name=f"phi_{j}")
         cons.append(t >= P(f"alpha_{j}", nonneg=False, shape=(n_pieces,))
                     + P(f"beta_{j}", nonneg=False, nonpos=True, shape=(n_pieces,)) * r)
@@ -58,8 +58,18 @@ def phi_term(cp, P, model: str, j: str, r, n_pieces: int, cons: list):
 
 
 def phi_values(scn: Scenario, par: dict) -> dict:
-    """Values of the distortion parameters: weights a_j / (a_d + a_s), q ln 2, measured pieces."""
+    """Values of the distortion parameters: weights a_j / (a_d + a_s), q ln 2, measured pieces; for the
+    `output` model weights 1 and each segment's own quality-loss pieces."""
     vals = {"ql": scn.system.weight_bits * LN2}
+    if scn.system.distortion.model == "output":
+        for j, seg in (("d", scn.device_segment), ("s", scn.server_segment)):
+            vals[f"w_{j}"], vals[f"lw_{j}"] = 1.0, 0.0
+            if f"alpha_{j}" in par:
+                alpha, beta = seg.loss_pieces
+                pad = par[f"alpha_{j}"].shape[0] - len(alpha)
+                vals[f"alpha_{j}"] = np.array(alpha + alpha[-1:] * pad)
+                vals[f"beta_{j}"] = np.array(beta + beta[-1:] * pad)
+        return vals
     a = {"d": l1_mass(scn.device_segment), "s": l1_mass(scn.server_segment)}
     tot = a["d"] + a["s"]
     for j, seg in (("d", scn.device_segment), ("s", scn.server_segment)):
@@ -75,13 +85,15 @@ def phi_values(scn: Scenario, par: dict) -> dict:
 
 
 def n_pieces(scn: Scenario) -> int:
+    if scn.system.distortion.model == "output":
+        return max(len(s.loss_pieces[0]) for s in (scn.device_segment, scn.server_segment) if s.present)
     if scn.system.distortion.model != "measured":
         return 0
     return max(len(segment_pieces(s).alpha) for s in (scn.device_segment, scn.server_segment) if s.present)
 
 
 def problem_key(scn: Scenario) -> tuple:
-    return (scn.scheme, Shape.of(scn).key(), scn.system.distortion.model, n_pieces(scn))
+    return (scn.fixes, Shape.of(scn).key(), scn.system.distortion.model, n_pieces(scn))
 
 
 class _Convex:
@@ -111,14 +123,19 @@ class _Convex:
                 r = self.rho[j] = cp.Variable(name=f"rho_{j}")
                 cons += [r >= rmin, r <= 1]
                 obj.append(phi_term(cp, P, model, j, r, n_pieces, cons))
-            if fixes.freq:     # f = F: tau = c rho, E = Eh rho
-                t_terms.append(P(f"ct_{j}") * r)
-                e_terms.append(P(f"eh_{j}") * r)
+            # the work at r relative to rho = 1: speed r + 1 - speed (Segment.work), affine in r
+            w = r if fixed_rho else P(f"sp_{j}") * r + P(f"sp1_{j}")
+            if fixes.freq_of(j) and fixed_rho:
+                t_terms.append(P(f"ct_{j}"))
+                e_terms.append(P(f"eh_{j}"))
+            elif fixes.freq_of(j):     # f = F: tau = c w, E = Eh w (products of parameters kept DPP)
+                t_terms.append(P(f"ctsp_{j}") * r + P(f"ctsp1_{j}"))
+                e_terms.append(P(f"ehsp_{j}") * r + P(f"ehsp1_{j}"))
             else:
                 u = self.u[j] = cp.Variable(name=f"u_{j}", pos=True)
                 e = cp.Variable(name=f"e_{j}", nonneg=True)
-                # e >= r^3 / u^2  <=>  r <= (e u^2)^(1/3); and f <= F  <=>  u >= r
-                cons += [u >= r, cp.constraints.PowCone3D(e, u, r, 1 / 3)]
+                # e >= w^3 / u^2  <=>  w <= (e u^2)^(1/3); and f <= F  <=>  u >= w
+                cons += [u >= w, cp.constraints.PowCone3D(e, u, w, 1 / 3)]
                 t_terms.append(P(f"ct_{j}") * u)
                 e_terms.append(P(f"eh_{j}") * e)
         if shape.upload:
@@ -135,6 +152,8 @@ class _Convex:
                 e_terms.append(P("eu_a") * z - P("eu_b") * v)
         cons += [cp.sum(cp.hstack(t_terms)) <= 1, cp.sum(cp.hstack(e_terms)) <= 1]
         objective = cp.sum(cp.hstack(obj)) if obj else cp.Constant(0.0)
+        if model == "output" and obj:   # the quality floor: predicted loss within its limit
+            cons.append(objective <= P("loss_limit"))
         self.problem = cp.Problem(cp.Minimize(objective), cons)
         self.par = par
         assert self.problem.is_dpp(), "planner problem must be DPP to be re-solved without recompiling"
@@ -149,6 +168,12 @@ class _Convex:
         vals["eu_a"] = sc.eu * math.exp(sc.r * LN2) / den / q.max_energy_j
         vals["eu_b"] = sc.eu / den / q.max_energy_j
         vals.update(phi_values(scn, self.par))
+        for j, seg in (("d", scn.device_segment), ("s", scn.server_segment)):
+            vals[f"sp_{j}"], vals[f"sp1_{j}"] = seg.speed, 1.0 - seg.speed
+            for c in ("ct", "eh"):
+                vals[f"{c}sp_{j}"] = vals[f"{c}_{j}"] * seg.speed
+                vals[f"{c}sp1_{j}"] = vals[f"{c}_{j}"] * (1.0 - seg.speed)
+        vals["loss_limit"] = scn.loss_limit if scn.loss_limit is not None else 1e6
         for name, p in self.par.items():
             p.value = vals[name]
 
@@ -171,9 +196,10 @@ class _Convex:
         s = scn.system
         # Frequencies and power from the stage times (the solver's e and z are not trusted).
         # a stage time of ~0 only comes back from an inaccurate solve near infeasibility: full clock then
-        f_d = s.device.max_freq_hz * (1.0 if self.fixes.freq else min(1.0, rho_d / max(u["d"], 1e-12))) \
+        w_d, w_s = scn.device_segment.work(rho_d), scn.server_segment.work(rho_s)
+        f_d = s.device.max_freq_hz * (1.0 if self.fixes.freq_d else min(1.0, w_d / max(u["d"], 1e-12))) \
             if self.shape.device else 0.0
-        f_s = s.server.max_freq_hz * (1.0 if self.fixes.freq else min(1.0, rho_s / max(u["s"], 1e-12))) \
+        f_s = s.server.max_freq_hz * (1.0 if self.fixes.freq_s else min(1.0, w_s / max(u["s"], 1e-12))) \
             if self.shape.server else 0.0
         p = 0.0
         if self.shape.upload:
@@ -188,7 +214,7 @@ def get_problem(scn: Scenario) -> _Convex:
     with _cache_lock:
         prob = _cache.get(key)
         if prob is None:
-            prob = _cache[key] = _Convex(Shape.of(scn), Fixes.of(scn.scheme), key[2], key[3])
+            prob = _cache[key] = _Convex(Shape.of(scn), scn.fixes, key[2], key[3])
         return prob
 
 

@@ -44,14 +44,16 @@ def evaluate(scn: Scenario, x: Point) -> Costs:
     sysm, ch = scn.system, scn.system.channel
     t_d = e_d = t_u = e_u = t_s = e_s = 0.0
     if scn.device_segment.present:
-        dev, cyc = sysm.device, x.rho_d * scn.device_segment.flops / sysm.device.flops_per_cycle
+        dev, seg = sysm.device, scn.device_segment
+        cyc = seg.work(x.rho_d) * seg.flops / dev.flops_per_cycle
         t_d = cyc / x.f_d
         e_d = dev.pue * dev.power_coeff * cyc * x.f_d ** 2
     if scn.embedding_bits > 0:
         t_u = scn.embedding_bits / shannon_rate_bps(ch.bandwidth_hz, ch.noise_psd_w_per_hz, ch.gain, x.p)
         e_u = x.p * t_u
     if scn.server_segment.present:
-        srv, cyc = sysm.server, x.rho_s * scn.server_segment.flops / sysm.server.flops_per_cycle
+        srv, seg = sysm.server, scn.server_segment
+        cyc = seg.work(x.rho_s) * seg.flops / srv.flops_per_cycle
         t_s = cyc / x.f_s
         e_s = srv.pue * srv.power_coeff * cyc * x.f_s ** 2
     return Costs(t_d, t_u, t_s, e_d, e_u, e_s)

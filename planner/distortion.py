@@ -8,6 +8,9 @@ of the weights is kept:
 * random     phi(rho) = 1 - rho               random pruning
 * measured   phi_j(rho) = max_i (alpha_i + beta_i rho), fitted to the L1 mass actually removed by
              magnitude pruning of the loaded weights (see `measure_l1_curve`)
+* output     D = L_d(rho_d) + L_s(rho_s), the loss of output quality (cosine to the unpruned model's
+             output) measured on a calibration set through the real halves, each side fitted convex
+             and decreasing (coinfer.planner.quality); not weighted by L1 mass
 """
 from __future__ import annotations
 
@@ -87,9 +90,20 @@ def phi(model: str, rho: float, q: float, pieces: Pieces | None = None) -> float
     raise ValueError(f"unknown distortion model {model!r}")
 
 
+def output_loss(scn: Scenario, rho_d: float, rho_s: float) -> float:
+    """The `output` model's predicted quality loss: each present segment's fitted pieces at its ratio."""
+    total = 0.0
+    for seg, rho in ((scn.device_segment, rho_d), (scn.server_segment, rho_s)):
+        if seg.present and seg.loss_pieces is not None:
+            total += Pieces(*seg.loss_pieces)(rho)
+    return total
+
+
 def distortion(scn: Scenario, rho_d: float, rho_s: float) -> float:
     """D(rho_d, rho_s); a segment that is not present contributes nothing."""
     model, q = scn.system.distortion.model, scn.system.weight_bits
+    if model == "output":
+        return output_loss(scn, rho_d, rho_s)
     total = 0.0
     for seg, rho in ((scn.device_segment, rho_d), (scn.server_segment, rho_s)):
         if not seg.present:

@@ -21,19 +21,23 @@ _BISECT = 100   # halvings of log(lambda); the bracket spans < 2^8 decades, so t
 
 @dataclass(frozen=True)
 class Frontier:
-    """Stages at fixed ratios; `fixed_*` pin a stage at full speed (fixed frequency / fixed power)."""
+    """Stages at fixed ratios; `fixed_*` pin a stage at full speed (fixed frequency / fixed power).
+
+    work_d, work_s: each compute stage's work relative to its unpruned self (Segment.work(rho)).
+    """
     sc: Scaled
     shape: Shape
-    rho_d: float
-    rho_s: float
-    fixed_freq: bool = False
+    work_d: float
+    work_s: float
+    fixed_freq_d: bool = False
     fixed_power: bool = False
+    fixed_freq_s: bool = False
 
     # --- one stage at multiplier lam: (time, energy) ------------------------------------------
-    def _compute(self, c: float, eh: float, rho: float, lam: float) -> tuple[float, float]:
+    def _compute(self, c: float, eh: float, rho: float, lam: float, fixed: bool) -> tuple[float, float]:
         tmin = c * rho
         k = eh * rho ** 3 * c * c          # E = k / tau^2
-        if self.fixed_freq or lam == math.inf:
+        if fixed or lam == math.inf:
             tau = tmin
         elif lam <= 0:
             return math.inf, 0.0
@@ -70,11 +74,11 @@ class Frontier:
         sc, sh = self.sc, self.shape
         td = ed = tu = eu = ts = es = 0.0
         if sh.device:
-            td, ed = self._compute(sc.c_d, sc.eh_d, self.rho_d, lam)
+            td, ed = self._compute(sc.c_d, sc.eh_d, self.work_d, lam, self.fixed_freq_d)
         if sh.upload:
             tu, eu = self._upload(lam)
         if sh.server:
-            ts, es = self._compute(sc.c_s, sc.eh_s, self.rho_s, lam)
+            ts, es = self._compute(sc.c_s, sc.eh_s, self.work_s, lam, self.fixed_freq_s)
         return td + tu + ts, ed + eu + es, (td, tu, ts)
 
     # --- the two questions ----------------------------------------------------------------------
@@ -108,7 +112,7 @@ class Frontier:
         t_min, e_full, taus = self.at(math.inf)
         if t_min > t_max:
             return None
-        if t_min == t_max or self.fixed_freq and self.fixed_power:
+        if t_min == t_max or self.fixed_freq_d and self.fixed_freq_s and self.fixed_power:
             return e_full, taus
         _, hi = self._bisect(lambda lam: self.at(lam)[0] <= t_max)
         if not self.at(hi)[0] <= t_max:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from coinfer.planner.costs import Costs, Point, Scaled, Shape, evaluate, within
 from coinfer.planner.distortion import distortion
 from coinfer.planner.frontier import Frontier
-from coinfer.planner.scenario import Fixes, Scenario
+from coinfer.planner.scenario import Scenario
 
 QOS_REL_TOL = 1e-4      # the contract: QoS met to this relative tolerance when re-evaluated
 
@@ -36,6 +36,12 @@ class Solution:
     # infeasible only: the smallest limits that would be feasible (at the least ratios allowed)
     min_feasible_delay_s: float | None = None
     min_feasible_energy_j: float | None = None
+    # the `output` model only: the pruning method and the predicted output quality
+    prune_method: str | None = None
+    predicted_quality: float | None = None
+    # what decided it (coinfer.planner.sweep.explain): delay | energy | quality | none, and why
+    binding: str | None = None
+    explanation: str | None = None
     # SCA only
     iterations: int | None = None
     objective_trajectory: list[float] | None = field(default=None, repr=False)
@@ -57,24 +63,29 @@ def point_from_times(scn: Scenario, sc: Scaled, rho_d: float, rho_s: float,
     """Frequencies and power that realise stage times taus at these ratios (clipped to the maxima)."""
     s = scn.system
     sh = Shape.of(scn)
-    f_d = min(s.device.max_freq_hz, rho_d * sc.c_d * s.device.max_freq_hz / taus[0]) if sh.device else 0.0
-    f_s = min(s.server.max_freq_hz, rho_s * sc.c_s * s.server.max_freq_hz / taus[2]) if sh.server else 0.0
+    w_d, w_s = scn.device_segment.work(rho_d), scn.server_segment.work(rho_s)
+    f_d = min(s.device.max_freq_hz, w_d * sc.c_d * s.device.max_freq_hz / taus[0]) if sh.device else 0.0
+    f_s = min(s.server.max_freq_hz, w_s * sc.c_s * s.server.max_freq_hz / taus[2]) if sh.server else 0.0
     p = min(s.max_tx_power_w, sc.power_for_upload_ratio(taus[1] / sc.c_u, s.max_tx_power_w)) if sh.upload else 0.0
     return Point(rho_d, rho_s, f_d, f_s, p)
 
 
-def back_off(scn: Scenario, x: Point, fixes: Fixes) -> Point:
+def back_off(scn: Scenario, x: Point, fixes) -> Point:
     """Shrink the free ratios (frequencies and power held) until both limits hold exactly.
 
-    At fixed f and p, delay and energy are affine in the ratios, so one factor does it.
+    At fixed f and p, delay and energy are affine in the ratios, so one factor does it (only the part
+    of a stage that shrinks with rho, Segment.speed, scales).
     """
     c, q = evaluate(scn, x), scn.system.qos
     if c.delay <= q.max_delay_s and c.energy <= q.max_energy_j:
         return x
-    free_d = scn.device_segment.present and not fixes.rho_d
-    free_s = scn.server_segment.present and not fixes.rho_s
-    var_t = (c.t_d if free_d else 0.0) + (c.t_s if free_s else 0.0)
-    var_e = (c.e_d if free_d else 0.0) + (c.e_s if free_s else 0.0)
+    dev, srv = scn.device_segment, scn.server_segment
+    free_d = dev.present and not fixes.rho_d and dev.speed > 0
+    free_s = srv.present and not fixes.rho_s and srv.speed > 0
+    share_d = dev.speed * x.rho_d / dev.work(x.rho_d) if free_d else 0.0
+    share_s = srv.speed * x.rho_s / srv.work(x.rho_s) if free_s else 0.0
+    var_t = c.t_d * share_d + c.t_s * share_s
+    var_e = c.e_d * share_d + c.e_s * share_s
     lam = 1.0
     if c.delay > q.max_delay_s and var_t > 0:
         lam = min(lam, (q.max_delay_s - (c.delay - var_t)) / var_t)
@@ -87,8 +98,9 @@ def back_off(scn: Scenario, x: Point, fixes: Fixes) -> Point:
 
 
 def frontier_of(scn: Scenario, rho_d: float, rho_s: float) -> Frontier:
-    fixes = Fixes.of(scn.scheme)
-    return Frontier(Scaled.of(scn), Shape.of(scn), rho_d, rho_s, fixes.freq, fixes.power)
+    fixes = scn.fixes
+    return Frontier(Scaled.of(scn), Shape.of(scn), scn.device_segment.work(rho_d), scn.server_segment.work(rho_s),
+                    fixes.freq_d, fixes.power, fixes.freq_s)
 
 
 def least_energy_point(scn: Scenario, rho_d: float, rho_s: float) -> Point | None:
@@ -120,7 +132,7 @@ def _snap_to_full(scn: Scenario, rho_d: float, rho_s: float) -> tuple[float, flo
 def solution_at(scn: Scenario, x: Point, *, solver: str, t0: float, status: str,
                 polish: bool = True, **extra) -> Solution:
     """Make x an answer: re-allocate time and energy at its ratios, back off, check, report."""
-    fixes = Fixes.of(scn.scheme)
+    fixes = scn.fixes
     sh = Shape.of(scn)
     rho_d = x.rho_d if sh.device and not fixes.rho_d else 1.0
     rho_s = x.rho_s if sh.server and not fixes.rho_s else 1.0
@@ -162,16 +174,20 @@ def infeasible(scn: Scenario, *, solver: str, t0: float, status: str = "infeasib
     If the least ratios turn out feasible after all (a solver's false alarm near the boundary), that
     point is returned instead, flagged by its status.
     """
-    fixes = Fixes.of(scn.scheme)
+    fixes = scn.fixes
     rho_d, rho_s = fixes.floor(scn.system.distortion.min_ratio)
     fr = frontier_of(scn, rho_d, rho_s)
     q = scn.system.qos
     got_e = fr.min_energy_given_delay(q.max_delay_s)
+    floor_ok = scn.loss_limit is None or distortion(scn, rho_d, rho_s) <= scn.loss_limit
     if got_e is not None and got_e[0] <= q.max_energy_j and why is None:
         x = point_from_times(scn, fr.sc, rho_d, rho_s, got_e[1])
         costs = evaluate(scn, x)
         if within(costs, scn, QOS_REL_TOL):
-            return _report(scn, x, costs, solver=solver, t0=t0, status="least_ratios_fallback", **extra)
+            if floor_ok:
+                return _report(scn, x, costs, solver=solver, t0=t0, status="least_ratios_fallback", **extra)
+            why = (f"meeting the QoS needs more pruning than the quality floor allows (predicted loss "
+                   f"{distortion(scn, rho_d, rho_s):.4g} at the least ratios, limit {scn.loss_limit:.4g})")
     got_t = fr.min_delay_given_energy(q.max_energy_j)
     min_t, floor_e = fr.min_delay(), fr.energy_floor()
     if why is None:

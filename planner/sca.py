@@ -24,6 +24,7 @@ from coinfer.planner.convex import n_pieces, phi_term, phi_values
 from coinfer.planner.costs import Point, Scaled, Shape, evaluate
 from coinfer.planner.distortion import distortion
 from coinfer.planner.result import Solution, back_off, frontier_of, infeasible, point_from_times, solution_at
+from coinfer.errors import UsageError
 from coinfer.planner.scenario import Fixes, Scenario
 
 _CLARABEL = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-9, "tol_feas": 1e-9, "max_iter": 200}
@@ -59,7 +60,7 @@ class _SCA:
                 r = self.var[f"r_{j}"] = cp.Variable(name=f"r_{j}")
                 cons += [r >= rmin, r <= 1]
                 obj.append(phi_term(cp, P, model, j, r, n_pieces, cons))
-            if fixes.freq:
+            if fixes.freq_of(j):
                 t_terms.append(P(f"ct_{j}") * r)
                 e_terms.append(P(f"eh_{j}") * r)
                 continue
@@ -142,11 +143,11 @@ class _SCA:
 
 
 def _get(scn: Scenario) -> _SCA:
-    key = (scn.scheme, Shape.of(scn).key(), scn.system.distortion.model, n_pieces(scn))
+    key = (scn.fixes, Shape.of(scn).key(), scn.system.distortion.model, n_pieces(scn))
     with _cache_lock:
         prob = _cache.get(key)
         if prob is None:
-            prob = _cache[key] = _SCA(Shape.of(scn), Fixes.of(scn.scheme), key[2], key[3])
+            prob = _cache[key] = _SCA(Shape.of(scn), scn.fixes, key[2], key[3])
         return prob
 
 
@@ -156,7 +157,7 @@ def start_point(scn: Scenario) -> Point | None:
     Any feasible point would do; this one keeps frequencies and power near their maxima, where the
     scaled subproblem is well conditioned (the least-energy start can sit decades below them).
     """
-    rho_d, rho_s = Fixes.of(scn.scheme).floor(scn.system.distortion.min_ratio)
+    rho_d, rho_s = scn.fixes.floor(scn.system.distortion.min_ratio)
     fr = frontier_of(scn, rho_d, rho_s)
     got = fr.min_delay_given_energy(scn.system.qos.max_energy_j)
     if got is None or got[0] > scn.system.qos.max_delay_s:
@@ -165,6 +166,11 @@ def start_point(scn: Scenario) -> Point | None:
 
 
 def solve_sca(scn: Scenario, tol: float = 1e-7, max_iter: int = 300) -> Solution:
+    """The paper's SCA: its model only (work proportional to rho, parameter distortion)."""
+    if scn.system.distortion.model == "output" or any(
+            s.present and s.speed != 1.0 for s in (scn.device_segment, scn.server_segment)):
+        raise UsageError("--solver sca solves the paper's model only (distortion by weights, compute "
+                         "proportional to rho); use the convex solver for measured quality and speed")
     t0 = time.perf_counter()
     x = start_point(scn)
     if x is None:
@@ -172,7 +178,7 @@ def solve_sca(scn: Scenario, tol: float = 1e-7, max_iter: int = 300) -> Solution
     prob, sc = _get(scn), Scaled.of(scn)
     d = distortion(scn, x.rho_d, x.rho_s)
     traj, it, status = [d], 0, "max_iterations"
-    fixes = Fixes.of(scn.scheme)
+    fixes = scn.fixes
     while it < max_iter:
         y = prob.step(scn, sc, x)
         it += 1

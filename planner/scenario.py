@@ -32,10 +32,21 @@ class Segment:
     params: float           # N_j
     weight_scale: float     # b_j, Laplace scale (mean |w|)
     curve: Curve | None = None   # only for the `measured` distortion model
+    # The fraction of the segment's compute that shrinks with rho (measured per pruning method:
+    # structured pruning removes whole heads and neurons, masked zeros in dense matmuls save nothing).
+    # 1 is the paper's model, W(rho) = rho W.
+    speed: float = 1.0
+    # Output-quality loss of pruning this segment alone, max of affine pieces (alpha, beta) in rho
+    # (coinfer.planner.quality): only for the `output` distortion model.
+    loss_pieces: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def present(self) -> bool:
         return self.flops > 0
+
+    def work(self, rho: float) -> float:
+        """The compute at kept ratio rho relative to the unpruned segment: speed rho + 1 - speed."""
+        return self.speed * rho + 1.0 - self.speed
 
 
 @dataclass(frozen=True)
@@ -46,10 +57,17 @@ class Scenario:
     server_segment: Segment
     embedding_bits: float       # S
     split: int | None = field(default=None, compare=False)   # k, when known (informational)
+    held: "Held" = field(default_factory=lambda: Held())     # knobs the nodes cannot set (at their maxima)
+    loss_limit: float | None = None   # `output` model: the most quality loss allowed (the floor), None: none
 
     @property
     def scheme(self) -> str:
         return self.system.scheme
+
+    @property
+    def fixes(self) -> "Fixes":
+        """What is pinned: by the scheme, and by the knobs the hardware does not let anyone set."""
+        return Fixes.of(self.scheme).merged(self.held)
 
     def with_scheme(self, scheme: str) -> "Scenario":
         return replace(self, system=replace(self.system, scheme=check_scheme(scheme, "scheme")))
@@ -111,18 +129,44 @@ def parse_scenario(d: Any) -> Scenario:
 
 
 @dataclass(frozen=True)
+class Held:
+    """Knobs no one can set on the nodes (no writable cpufreq, no NVML clocks, no radio or emulator):
+    the planner holds them at their maxima, as the hardware runs them."""
+    freq_d: bool = False
+    freq_s: bool = False
+    power: bool = False
+
+    def names(self) -> list[str]:
+        return [n for n, held in (("device clock", self.freq_d), ("server clock", self.freq_s),
+                                  ("transmit power", self.power)) if held]
+
+
+@dataclass(frozen=True)
 class Fixes:
-    """What a scheme pins (spec section 5): ratios at 1, frequencies at max, power at max."""
+    """What is pinned (spec section 5): ratios at 1, frequencies at max, power at max."""
     rho_d: bool = False
     rho_s: bool = False
-    freq: bool = False
+    freq_d: bool = False
+    freq_s: bool = False
     power: bool = False
+
+    @property
+    def freq(self) -> bool:
+        """Both clocks pinned."""
+        return self.freq_d and self.freq_s
+
+    def freq_of(self, side: str) -> bool:
+        return self.freq_d if side == "d" else self.freq_s
 
     @staticmethod
     def of(scheme: str) -> "Fixes":
-        return {"fixed_power": Fixes(power=True), "fixed_frequency": Fixes(freq=True),
+        return {"fixed_power": Fixes(power=True), "fixed_frequency": Fixes(freq_d=True, freq_s=True),
                 "device_only_pruning": Fixes(rho_s=True),
                 "server_only_pruning": Fixes(rho_d=True)}.get(scheme, Fixes())
+
+    def merged(self, held: Held) -> "Fixes":
+        return replace(self, freq_d=self.freq_d or held.freq_d, freq_s=self.freq_s or held.freq_s,
+                       power=self.power or held.power)
 
     def floor(self, rho_min: float) -> tuple[float, float]:
         """The least ratios the scheme allows (device, server)."""

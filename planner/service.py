@@ -111,6 +111,8 @@ class PlannerService(ppb_grpc.PlannerServicer):
             # so that plans never go backwards for anyone.
             try:
                 await self._call(self.controller.adopt_epoch, request.known_epoch, request.known_planner_id)
+                if request.HasField("knobs"):
+                    await self._call(self.controller.set_knobs, request.role, request.knobs)
             except ValueError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             inbox = self.broadcast.subscribe()

@@ -15,14 +15,33 @@ def register(subparsers) -> None:
     parser.add_argument("--listen", default="127.0.0.1:50060",
                         help="address to bind; port 0 picks a free port (default: %(default)s)")
     parser.add_argument("--system", metavar="SYSTEM.yaml",
-                        help="system file (scenario keys without segments/embedding_bits; default: built-in)")
+                        help="system file: overrides any value it names (keys as in scripts/examples/"
+                             "paper_system.yaml); everything else is this machine, measured at start "
+                             "(coinfer.planner.machine), and the nodes' telemetry")
+    parser.add_argument("--max-delay-s", type=float, default=None,
+                        help="delay limit per request (default: the system file's, else 0.6)")
+    parser.add_argument("--max-energy-j", type=float, default=None,
+                        help="energy limit per request (default: the system file's, else 10, which only "
+                             "binds for large models)")
+    parser.add_argument("--min-quality", type=float, default=0.98,
+                        help="never push a plan whose predicted output quality (cosine to the unpruned "
+                             "model's output, measured on a calibration set) is below this; 0 turns the "
+                             "floor off (default: %(default)s)")
+    parser.add_argument("--quality", choices=("measured", "off"), default="measured",
+                        help="measured: profile output quality per pruning method at start (cached per "
+                             "model fingerprint; see coinfer profile) and plan with it; off: the system "
+                             "file's parameter-distortion model, no floor (the paper's P1) "
+                             "(default: %(default)s)")
+    parser.add_argument("--calibration", metavar="FILE",
+                        help="calibration sentences, one per line (default: coinfer's own)")
     parser.add_argument("--model", default="minilm", help="the model being served (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=1, help="workload: sequences per request (default: %(default)s)")
     parser.add_argument("--seq-len", type=int, default=32, help="workload: tokens per sequence (default: %(default)s)")
     parser.add_argument("--codec", default="fp32", help="activation codec of every plan (default: %(default)s)")
-    parser.add_argument("--prune-method", default="structured", choices=["magnitude", "random", "structured"],
-                        help="pruning method of every plan; structured is the one whose compute falls with "
-                             "rho, as the model assumes (default: %(default)s)")
+    parser.add_argument("--prune-method", default="auto", choices=["auto", "magnitude", "random", "structured"],
+                        help="auto: pick per plan from each method's measured quality and speed (structured "
+                             "saves time, magnitude keeps quality); or fix one for every plan "
+                             "(default: %(default)s)")
     parser.add_argument("--split", default="auto", help="auto (search k) or a fixed split point (default: auto)")
     parser.add_argument("--delay-margin", type=float, default=0.15,
                         help="solve for (1 - margin) x the delay limit (default: %(default)s)")
@@ -45,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.planner.profile import profile_from_config, profile_model
     from coinfer.planner.service import PlanBroadcast, PlannerService
     from coinfer import security
-    from coinfer.system import default_system, load_yaml, parse_system
+    from coinfer.planner.machine import describe, machine_system, merged
+    from coinfer.system import load_yaml, parse_system
 
     security.current().check_exposure(args.listen, "--listen")  # before profiling the model
     split = args.split if args.split == "auto" else _int(args.split, "--split")
@@ -53,17 +73,40 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--batch and --seq-len must be >= 1")
     if not 0 <= args.delay_margin < 1 or args.drift <= 0 or args.hysteresis < 1 or args.min_interval_s < 0:
         raise UsageError("--delay-margin in [0, 1), --drift > 0, --hysteresis >= 1, --min-interval-s >= 0")
-    system = parse_system(load_yaml(args.system)) if args.system else default_system()
+    if not 0 <= args.min_quality <= 1:
+        raise UsageError(f"--min-quality: must be in [0, 1], got {args.min_quality:g}")
+    if args.quality == "off" and args.prune_method == "auto":
+        args.prune_method = "structured"  # nothing measured to choose by
+    override = load_yaml(args.system) if args.system else None
+    if override is not None and not isinstance(override, dict):
+        raise UsageError(f"{args.system}: expected a mapping of system keys")
+    start = merged(machine_system(), override)
+    for key, value in (("max_delay_s", args.max_delay_s), ("max_energy_j", args.max_energy_j)):
+        if value is not None:
+            start["qos"][key] = value
+    system = parse_system(start)
+    print(f"[planner] {describe(start)}", file=sys.stderr, flush=True)
     src = resolve_model(args.model)
     print(f"[planner] profiling {src.name} for batch {args.batch} x {args.seq_len} tokens ...", file=sys.stderr,
           flush=True)
     profile = profile_model(src, args.batch, args.seq_len)
+    quality = check = None
+    if args.quality == "measured":
+        from coinfer.planner.quality import QualityCheck, load_or_measure
+
+        sentences = _read_calibration(args.calibration) if args.calibration else None
+        quality = load_or_measure(src, sentences=sentences,
+                                  progress=lambda msg: print(f"[planner] quality: {msg}", file=sys.stderr,
+                                                             flush=True))
+        check = QualityCheck(src, sentences)
     settings = ControllerSettings(batch=args.batch, seq_len=args.seq_len, codec=args.codec,
                                   prune_method=args.prune_method, split=split, delay_margin=args.delay_margin,
-                                  drift=args.drift, hysteresis=args.hysteresis, min_interval_s=args.min_interval_s)
+                                  drift=args.drift, hysteresis=args.hysteresis, min_interval_s=args.min_interval_s,
+                                  min_quality=args.min_quality)
     broadcast = PlanBroadcast()
     controller = Controller(system, profile, settings, broadcast.publish,
-                            profile_at=lambda b, s: profile_from_config(src.config, src.family, src.name, b, s))
+                            profile_at=lambda b, s: profile_from_config(src.config, src.family, src.name, b, s),
+                            quality=quality, quality_check=check)
     controller.replan("start")
 
     service = PlannerService(controller, broadcast)
@@ -101,3 +144,28 @@ def _int(value: str, option: str) -> int:
         return int(value)
     except ValueError:
         raise UsageError(f"{option}: expected auto or an integer, got {value!r}") from None
+
+
+def read_lines(path: str, option: str) -> list[str]:
+    """Non-empty lines of a UTF-8 text file, or a UsageError naming the option (and the line)."""
+    from coinfer.errors import UsageError
+
+    try:
+        raw = open(path, "rb").read()
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot read {path}: {exc.strerror}") from None
+    lines = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise UsageError(f"{option}: {path} line {number} is not UTF-8") from None
+        if text:
+            lines.append(text)
+    if not lines:
+        raise UsageError(f"{option}: {path} has no sentences")
+    return lines
+
+
+def _read_calibration(path: str) -> list[str]:
+    return read_lines(path, "--calibration")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from coinfer.options import add_model_arguments, add_planner_arguments
+from coinfer.options import add_frequency_arguments, add_model_arguments, add_planner_arguments
 
 # the service's limits, repeated here as literals so that `coinfer --help` imports no grpc or torch
 DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_QUEUED = 4096, 64, 4096
@@ -38,6 +38,7 @@ def register(subparsers) -> None:
                         help="how long the oldest queued request may wait for others to batch with; 0 "
                              "starts at once and batches only what queued while busy (default: %(default)s)")
     add_planner_arguments(parser, "server", "split, rho, frequency cap")
+    add_frequency_arguments(parser)
     parser.add_argument("--metrics-listen", metavar="HOST:PORT",
                         help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics")
     parser.add_argument("--max-freq-hz", type=float, default=3.0e9,
@@ -86,9 +87,14 @@ def run(args: argparse.Namespace) -> int:
     if args.plan_switch_grace_s < 0:
         raise UsageError("--plan-switch-grace-s must be >= 0")
     half = ServerHalf(src, args.split, args.rho, args.prune_method, args.epoch, args.device, args.max_freq_hz,
-                      dtype=args.dtype, switch_grace_s=args.plan_switch_grace_s)
+                      dtype=args.dtype, switch_grace_s=args.plan_switch_grace_s,
+                      emulate_frequency=args.emulate_frequency)
     if half.freq.mode == "emulated":
         print(f"[server] frequency caps are emulated ({half.freq.reason}); energy from {half.meter.source}",
+              file=sys.stderr, flush=True)
+    elif half.freq.mode == "fixed" and args.planner:
+        print(f"[server] clock {half.freq.describe()}: plans' frequency caps are ignored "
+              f"(--emulate-frequency stretches compute instead); energy from {half.meter.source}",
               file=sys.stderr, flush=True)
     if args.planner:
         half.follow(args.planner, args.node_id, min_rho=args.min_rho)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,6 +27,7 @@ from coinfer.errors import UsageError
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
 from coinfer.openmp import release_thread_pool, single_threaded_here
+from coinfer.plans import PLAN_LOG, describe_plan
 from coinfer.pruning import Pruner, check_method, check_ratio
 from coinfer.split import GenerationOptions, ServerPart, check_split
 from coinfer.system import default_system
@@ -47,7 +48,7 @@ class ServerPlan:
     split: int
     rho: float
     method: str
-    freq_hz: float
+    freq_hz: float  # the cap in force (F where the clock is fixed)
 
 
 @dataclass(eq=False)
@@ -99,13 +100,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 class ServerHalf:
     def __init__(self, src: ModelSource, split: int, rho: float = 1.0, method: str = "magnitude",
                  epoch: int = 0, device: str = "auto", max_freq_hz: float = DEFAULT_SERVER_MAX_FREQ_HZ,
-                 power_model: PowerModel = DEFAULT_SERVER_POWER, dtype: str = "fp32", switch_grace_s: float = 0.0):
+                 power_model: PowerModel = DEFAULT_SERVER_POWER, dtype: str = "fp32", switch_grace_s: float = 0.0,
+                 emulate_frequency: bool = False):
         self.src = src
         self.device = pick_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self._kind = "gpu" if self.device.type == "cuda" else "cpu"
         self._index = self.device.index or 0
-        self.freq = FrequencyControl(self._kind, max_freq_hz, device_index=self._index)
+        # a clock cap the hardware cannot set is ignored ("fixed"), unless emulation is asked for
+        self.freq = FrequencyControl(self._kind, max_freq_hz, device_index=self._index, emulate=emulate_frequency)
         self.meter = make_meter(self._kind, power_model, device_index=self._index)
         self.state = self._build(ServerPlan(epoch, split, check_ratio(rho), check_method(method), max_freq_hz))
         # One forward at a time: concurrent forwards on a few cores only thrash each other's caches.
@@ -173,13 +176,21 @@ class ServerHalf:
         from coinfer.telemetry import follow_planner
 
         self.telemetry, self.watcher = follow_planner(planner, node_id, "server", self.src.name, self._apply_plan,
-                                                      min_rho=min_rho)
+                                                      min_rho=min_rho, knobs=self.knobs)
+
+    def knobs(self):
+        """What this server can really set, for the planner (planner_pb2.Knobs): its clock (GPU via NVML,
+        CPU via cpufreq, else fixed or emulated) and its energy meter; no transmit power."""
+        knobs = self.freq.knobs()
+        knobs.energy_source = self.meter.source
+        return knobs
 
     def _apply_plan(self, plan) -> None:
         """A planner's plan (called by the PlanWatcher, one plan at a time)."""
         applied = self.apply(plan.epoch, plan.split_point, plan.rho_server, plan.prune_method or self.plan.method,
                              plan.f_server_hz or None, plan.server_max_freq_hz or None)
-        log.info("applied plan %d (%s): %s", plan.epoch, plan.reason, applied)
+        PLAN_LOG.info("%s", describe_plan(plan, self.freq.describe(applied.freq_hz)))
+        log.debug("applied plan %d: %s", plan.epoch, applied)
 
     def stop_following(self) -> None:
         if self.watcher is not None:
@@ -204,12 +215,15 @@ class ServerHalf:
                 return None
             plan, fresh = pending
             with self._compute_lock:
+                self.freq.set_cap(plan.freq_hz)
+                if self.freq.cap_hz != plan.freq_hz:  # fixed (F), or clamped: report what is in force
+                    plan = replace(plan, freq_hz=self.freq.cap_hz)
                 if fresh is None:
                     current = self.state
                     current.pruner.apply(plan.rho, plan.method)  # masks are cached per (method, rho)
                     fresh = HalfState(plan, current.part, current.pruner)
+                fresh.plan = plan
                 self.state = fresh
-                self.freq.set_cap(plan.freq_hz)
             self._pending = None
             if self._grace_timer is not None:
                 self._grace_timer.cancel()

@@ -7,6 +7,28 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quality_cache(tmp_path_factory):
+    """One quality-profile cache for the whole session (planners started by tests inherit it): a model
+    is profiled once per run, never read from or written to the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("quality-cache")
+    before = os.environ.get("COINFER_CACHE_DIR")
+    os.environ["COINFER_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("COINFER_CACHE_DIR", None)
+    else:
+        os.environ["COINFER_CACHE_DIR"] = before
+
+
+@pytest.fixture(scope="session")
+def minilm_quality(minilm, quality_cache):
+    """all-MiniLM-L6-v2's measured quality model (profiled once per session, shared with subprocesses)."""
+    from coinfer.planner.quality import load_or_measure
+
+    return load_or_measure(minilm)
+
+
 @pytest.fixture(scope="session")
 def minilm():
     from coinfer.models import resolve_model

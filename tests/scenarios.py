@@ -30,10 +30,16 @@ CONTROLLER_SYSTEM = dict(DEFAULT_SYSTEM, qos={"max_delay_s": 0.5, "max_energy_j"
                          channel=dict(DEFAULT_SYSTEM["channel"], bandwidth_hz=1e6, gain=1e-10))
 
 
-def make_controller(minilm_config, system=CONTROLLER_SYSTEM, **settings):
-    """(controller after its start plan, the plans it published, its profile): batch 4 x 32 tokens."""
+# Nodes whose clocks and transmit power can be set (emulated clocks, a channel emulator): the paper's P1.
+SETTABLE_KNOBS = {"device": dict(clock="emulated", tx_power="emulator"), "server": dict(clock="emulated")}
+
+
+def make_controller(minilm_config, system=CONTROLLER_SYSTEM, knobs=SETTABLE_KNOBS, **settings):
+    """(controller after its start plan, the plans it published, its profile): batch 4 x 32 tokens.
+    knobs: what the nodes report they can set (default: everything, as in the paper)."""
     from coinfer.planner.controller import Controller, ControllerSettings
     from coinfer.planner.profile import profile_from_config
+    from coinfer.protos import planner_pb2 as ppb
     from coinfer.system import parse_system
 
     plans = []
@@ -41,5 +47,7 @@ def make_controller(minilm_config, system=CONTROLLER_SYSTEM, **settings):
     controller = Controller(parse_system(system), profile,
                             ControllerSettings(batch=4, seq_len=32, split=CONTROLLER_SPLIT, **settings), plans.append,
                             profile_at=lambda b, s: profile_from_config(minilm_config, "bert", "m", b, s))
+    for role, knob in (knobs or {}).items():
+        controller.knobs[role] = ppb.Knobs(**knob)
     controller.replan("start")
     return controller, plans, profile

@@ -55,7 +55,7 @@ class GroupRuntime(DeviceRuntime):
             raise UsageError(f"a device group is sharded for k={self.group.split}; it cannot move to k={split}")
         return _GroupPart(self.group, self.mode, self.probe)
 
-    def apply(self, epoch, split, rho, method, codec, freq_hz=None, max_freq_hz=None, tx_power_w=None):
+    def apply(self, epoch, split, rho, method, codec, freq_hz=None, max_freq_hz=None, tx_power_w=None, **about):
         if rho != 1.0:
             raise UsageError("a device group runs the dense device half; pruning is not supported (rho must be 1)")
-        return super().apply(epoch, split, rho, method, codec, freq_hz, max_freq_hz, tx_power_w)
+        return super().apply(epoch, split, rho, method, codec, freq_hz, max_freq_hz, tx_power_w, **about)

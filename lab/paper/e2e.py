@@ -92,7 +92,7 @@ def run_plan(label: str, plan_result, qos: tuple[float, float], profile, system,
         if k < src.num_blocks:
             server = running.enter_context(ServiceProcess(
                 ["server", "--model", spec, "--split", str(k), "--rho", repr(rho_s), "--prune-method", method,
-                 "--listen", "127.0.0.1:0", "--threads", str(threads)], "server"))
+                 "--listen", "127.0.0.1:0", "--threads", str(threads), "--emulate-frequency"], "server"))
             channel = running.enter_context(ServiceProcess(
                 ["channel", "--listen", "127.0.0.1:0", "--upstream", server.address, "--control", "127.0.0.1:0",
                  "--bandwidth-hz", repr(ch.bandwidth_hz), "--gain", repr(ch.gain),
@@ -101,7 +101,7 @@ def run_plan(label: str, plan_result, qos: tuple[float, float], profile, system,
                 "channel", expect=("listening", "control")))
             target = channel.address
             rate = _emulated_rate(channel.endpoints["control"])
-        device = DeviceRuntime(src, k, rho_d, method, server=target, codec=codec)
+        device = DeviceRuntime(src, k, rho_d, method, server=target, codec=codec, emulate_frequency=True)
         running.callback(device.close)
         device.connect()
         device.infer(sentences[:batch])          # warm-up: lazy initialisation on both sides

@@ -56,8 +56,13 @@ def test_encode_equals_sentence_transformers_at_the_servers_split(k, servers, re
     with SplitModel(server=minilm_server.address, model="minilm") as model:  # no split point given
         assert (model.split, model.epoch) == (k, 0)
         assert f"split={k}" in repr(model) and minilm_server.address in repr(model)
+        assert model.last_plan is None  # nothing answered yet
         got = model.encode(SENTENCES, normalize_embeddings=True)
         assert isinstance(got, np.ndarray) and got.shape == expected.shape and got.dtype == np.float32
+        about = model.last_plan  # what produced the answer: the server's static plan, rho_server from its Info
+        assert (about["plan_epoch"], about["k"], about["rho_device"], about["rho_server"]) == (0, k, 1.0, 1.0)
+        assert about["predicted_quality"] == 1.0 and about["codec"] == "fp32" and about["plan_source"] == "static"
+        assert about["clock"] in ("cpufreq", "fixed") and model.plan_info() == about
         assert cosines(got, expected).min() >= 0.99999
         # the server half already normalises MiniLM: asking again changes nothing
         assert np.allclose(model.encode(SENTENCES), got, atol=1e-6)
@@ -119,6 +124,13 @@ def test_async_twin_gives_the_same_vectors(servers):
             return await asyncio.gather(model.encode(SENTENCES), model.encode(SENTENCES[::-1]),
                                         model.encode(SENTENCES[0]))
 
+    async def plan_of_one(address):
+        async with AsyncSplitModel(server=address, model="minilm") as model:
+            assert model.last_plan is None
+            await model.encode(SENTENCES[:2])
+            return model.last_plan
+
+    assert asyncio.run(plan_of_one(servers[2].address))["k"] == 2
     forward, backward, one = asyncio.run(run(servers[2].address))
     with SplitModel(server=servers[2].address) as model:
         expected = model.encode(SENTENCES)
@@ -159,4 +171,8 @@ def test_following_a_planner(reference):
             SplitModel(server=server.address, planner=planner.address, timeout_s=60) as model:
         assert model.split == 3 and model.epoch >= 1 and f"planner={planner.address!r}" in repr(model)
         got = model.encode(SENTENCES, batch_size=2)
+        about = model.last_plan
+        assert about["plan_source"] == "planner" and about["plan_epoch"] >= 1 and about["k"] == 3
+        assert about["rho_server"] is not None and about["plan_reason"]
+        assert about["clock"] in ("cpufreq", "fixed")  # no --emulate-frequency: never emulated
     assert cosines(got, reference.encode(SENTENCES, normalize_embeddings=True)).min() >= 0.99999

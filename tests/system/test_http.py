@@ -115,7 +115,16 @@ def test_float_and_base64_agree_and_single_string(services, reference):
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(raw, timeout=60) as response:
         body = json.load(response)
+        epoch_header = response.headers["X-Coinfer-Plan-Epoch"]
     import base64
+
+    # every answer says what produced it: the static plan of the k = 2 server, nothing pruned
+    about = body["coinfer"]
+    assert epoch_header == "0" and about["plan_epoch"] == 0 and about["k"] == 2
+    assert (about["rho_device"], about["rho_server"], about["codec"]) == (1.0, 1.0, "fp32")
+    assert about["predicted_quality"] == 1.0 and about["plan_source"] == "static"
+    assert about["clock"] in ("cpufreq", "nvml", "emulated", "fixed") and about["prune_method"] == "magnitude"
+    assert explicit.model_extra["coinfer"]["k"] == 2  # the openai client keeps the field, unknown to it
 
     decoded = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(decoded, floats[0], atol=1e-5)  # another batch, other padding: not bit-equal
@@ -195,6 +204,8 @@ def test_completions_bart(services):
     assert [c.index for c in response.choices] == [0, 1]
     assert all(isinstance(c.text, str) for c in response.choices)
     assert response.usage.prompt_tokens > 0
+    about = response.model_extra["coinfer"]
+    assert about["plan_epoch"] == 0 and about["k"] == 2 and about["codec"] == "fp32"
     with pytest.raises(openai.BadRequestError) as caught:
         client.embeddings.create(model="random:bart-tiny", input="x")
     assert caught.value.body["param"] == "model"

@@ -107,6 +107,10 @@ def test_long_input_is_truncated_with_a_warning_and_flagged_in_json(server):
     records = [json.loads(line) for line in text(out.stdout).splitlines()]
     assert [r["truncated"] for r in records] == [False, True, False]
     assert "1 of 3 inputs longer than the limit of 512 tokens, truncated" in err and "WARNING" in err
+    # each record says what produced it: the static plan (k=1, nothing pruned) and the device's clock
+    assert {(r["plan_epoch"], r["k"], r["rho_device"], r["rho_server"], r["codec"]) for r in records} == \
+        {(0, 1, 1.0, 1.0, "fp32")}
+    assert records[0]["predicted_quality"] == 1.0 and records[0]["clock"] in ("cpufreq", "fixed")
 
 
 def test_python_result_says_which_rows_were_truncated(server):

@@ -1,5 +1,7 @@
 """Frequency caps: cpufreq and NVML against stand-ins for the absent hardware (tests/fakes.py), the
-emulated cap on this machine (real probe), and psutil's snapshot for telemetry."""
+fixed clock on this machine (real probe; caps ignored), the emulated cap when asked for, the knobs a
+node reports, and psutil's snapshot for telemetry."""
+import logging
 import os
 import time
 
@@ -27,14 +29,22 @@ def test_cpufreq_cap_is_written_in_khz_to_every_cpu_and_reset_restores(tmp_path)
     assert ctl.cap_hz == 3.0e9
 
 
-def test_cpufreq_write_failure_falls_back_to_emulated_and_leaves_no_cpu_capped(tmp_path):
+@pytest.mark.parametrize("emulate, mode, cap", [(False, "fixed", 3.0e9), (True, "emulated", 1.0e9)])
+def test_cpufreq_write_failure_falls_back_and_leaves_no_cpu_capped(tmp_path, emulate, mode, cap):
     fake = FakeSysfs(tmp_path, cpus=2)
-    ctl = FrequencyControl("cpu", 3.0e9, sysfs_root=tmp_path)
+    ctl = FrequencyControl("cpu", 3.0e9, sysfs_root=tmp_path, emulate=emulate)
     fake.break_cpu(1)
     ctl.set_cap(1.0e9)
-    assert ctl.mode == "emulated" and "cpu1" in ctl.reason
-    assert ctl.cap_hz == 1.0e9
+    assert ctl.mode == mode and "cpu1" in ctl.reason
+    assert ctl.cap_hz == ctl.effective_freq_hz() == cap  # fixed: what is in force is F
     assert int((tmp_path / "devices/system/cpu/cpu0/cpufreq/scaling_max_freq").read_text()) == 3_000_000
+
+
+def test_cpufreq_knobs_report_the_measured_range(tmp_path):
+    FakeSysfs(tmp_path, cpus=2, max_khz=2_400_000)  # cpuinfo_min_freq 800 MHz
+    knobs = FrequencyControl("cpu", 2.4e9, sysfs_root=tmp_path).knobs()
+    assert (knobs.clock, knobs.clock_reason) == ("cpufreq", "")
+    assert (knobs.min_freq_hz, knobs.max_freq_hz) == (0.8e9, 2.4e9)
 
 
 def test_cpufreq_probe_reports_the_hardware_maximum(tmp_path):
@@ -58,48 +68,92 @@ def test_nvml_locks_clocks_from_the_lowest_supported_up_to_the_cap_and_reset_unl
     assert nvml.inits == 0
 
 
+def test_nvml_knobs_report_the_supported_graphics_clocks():
+    knobs = FrequencyControl("gpu", 1.59e9, nvml=FakeNvml()).knobs()
+    assert knobs.clock == "nvml" and knobs.min_freq_hz == 300e6 and knobs.max_freq_hz > knobs.min_freq_hz
+
+
 @pytest.mark.parametrize("error", [FakeNvml.NVMLError_NoPermission, FakeNvml.NVMLError_NotSupported])
-def test_nvml_refusal_falls_back_to_emulated_with_the_reason(error):
+def test_nvml_refusal_falls_back_to_fixed_with_the_reason(error):
     nvml = FakeNvml(lock_error=error)
     ctl = FrequencyControl("gpu", 1.5e9, nvml=nvml)
     ctl.set_cap(0.75e9)
+    assert ctl.mode == "fixed" and error.__name__ in ctl.reason
+    assert ctl.cap_hz == ctl.effective_freq_hz() == 1.5e9 and ctl.stretch(0.5) == 0.0
+    assert nvml.inits == 0  # NVML released: nothing real is left to reset
+    ctl.set_cap(1.0e9)      # later caps are ignored, no second attempt
+    assert nvml.calls == ["lock 300 750"]
+    knobs = ctl.knobs()
+    assert knobs.clock == "fixed" and error.__name__ in knobs.clock_reason
+    assert knobs.min_freq_hz == 300e6  # measured when NVML was open
+
+
+@pytest.mark.parametrize("error", [FakeNvml.NVMLError_NoPermission, FakeNvml.NVMLError_NotSupported])
+def test_nvml_refusal_falls_back_to_emulated_when_asked_to(error):
+    nvml = FakeNvml(lock_error=error)
+    ctl = FrequencyControl("gpu", 1.5e9, nvml=nvml, emulate=True)
+    ctl.set_cap(0.75e9)
     assert ctl.mode == "emulated" and error.__name__ in ctl.reason
     assert ctl.cap_hz == 0.75e9
-    assert nvml.inits == 0  # NVML released: nothing real is left to reset
     ctl.set_cap(1.0e9)      # later caps go straight to emulation, no second attempt
     assert nvml.calls == ["lock 300 750"]
 
 
-def test_missing_nvml_is_emulated_with_the_reason():
-    ctl = FrequencyControl("gpu", 1.5e9, nvml=FakeNvml(init_error=FakeNvml.NVMLError_LibraryNotFound))
-    assert ctl.mode == "emulated" and "Library Not Found" in ctl.reason
+@pytest.mark.parametrize("emulate, mode", [(False, "fixed"), (True, "emulated")])
+def test_missing_nvml_is_fixed_or_emulated_with_the_reason(emulate, mode):
+    ctl = FrequencyControl("gpu", 1.5e9, nvml=FakeNvml(init_error=FakeNvml.NVMLError_LibraryNotFound),
+                           emulate=emulate)
+    assert ctl.mode == mode and "Library Not Found" in ctl.reason
+    assert ctl.knobs().clock == mode and ctl.knobs().max_freq_hz == 0.0  # nothing measured
 
 
 # --- this machine (real probes) and emulation --------------------------------------------------------
 
-def test_cpu_cap_here_is_real_or_emulated_with_a_reason():
+def test_cpu_cap_here_is_real_or_fixed_with_a_reason():
     ctl = FrequencyControl("cpu", 2.0e9)
     if cpufreq_probe()["available"]:
-        assert ctl.mode in ("cpufreq", "emulated")
+        assert ctl.mode in ("cpufreq", "fixed")
         return
-    assert ctl.mode == "emulated" and "scaling_max_freq" in ctl.reason
+    assert ctl.mode == "fixed" and "scaling_max_freq" in ctl.reason
+    knobs = ctl.knobs()
+    assert knobs.clock == "fixed" and "scaling_max_freq" in knobs.clock_reason
 
 
-def test_gpu_cap_here_is_real_or_emulated_with_a_reason():
+def test_gpu_cap_here_is_real_or_fixed_with_a_reason():
     try:
         close_nvml(open_nvml(0)[0])
     except NvmlUnavailable:
         ctl = FrequencyControl("gpu", 1.5e9)
-        assert ctl.mode == "emulated" and "NVML unavailable" in ctl.reason
+        assert ctl.mode == "fixed" and "NVML unavailable" in ctl.reason
         return
     ctl = FrequencyControl("gpu", 1.5e9)
-    assert ctl.mode in ("nvml", "emulated")
+    assert ctl.mode in ("nvml", "fixed")
     ctl.close()
 
 
-def test_emulated_stretch_sleeps_busy_times_f_over_cap_minus_one():
+def test_a_fixed_clock_ignores_caps_without_sleeping_and_logs_it_once(caplog):
     ctl = FrequencyControl("cpu", 2.0e9, sysfs_root="/nonexistent")
-    assert ctl.mode == "emulated"
+    assert ctl.mode == "fixed" and "scaling_max_freq" in ctl.reason and "absent" in ctl.reason
+    with caplog.at_level(logging.INFO, logger="coinfer"):
+        ctl.set_cap(84e6)
+        ctl.set_cap(0.5e9)
+    assert ctl.cap_hz == ctl.effective_freq_hz() == 2.0e9  # what is in force: F
+    t0 = time.perf_counter()
+    assert ctl.stretch(0.2) == 0.0
+    assert time.perf_counter() - t0 < 0.1  # no sleep
+    ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert ignored == ["clock cap 84 MHz ignored: cpu clock not settable here ("
+                       f"{ctl.reason}); run at full speed"]
+    knobs = ctl.knobs()
+    assert (knobs.clock, knobs.clock_reason, knobs.min_freq_hz, knobs.max_freq_hz) == \
+        ("fixed", ctl.reason, 0.0, 0.0)
+    assert ctl.with_max(3.0e9).mode == "fixed"  # a plan's other F: still fixed
+
+
+def test_emulated_stretch_sleeps_busy_times_f_over_cap_minus_one():
+    ctl = FrequencyControl("cpu", 2.0e9, sysfs_root="/nonexistent", emulate=True)
+    assert ctl.mode == "emulated" and ctl.knobs().clock == "emulated"
+    assert ctl.with_max(3.0e9).mode == "emulated"  # a plan's other F keeps the opt-in
     assert ctl.stretch(0.1) == 0.0  # at F nothing is added
     ctl.set_cap(0.5e9)
     t0 = time.perf_counter()

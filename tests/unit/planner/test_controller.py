@@ -91,9 +91,13 @@ def test_plans_are_rate_limited_and_a_deferred_trigger_is_not_lost(minilm_config
 
 def test_qos_change_and_infeasible_limits(minilm_config):
     controller, plans, _ = make(minilm_config)
+    good = plans[-1]
+    assert good.feasible
     plan = controller.set_qos(1e-4, 5.0)
-    assert plan.reason == "qos_change" and not plan.feasible and plan.detail
-    assert plan.rho_device == pytest.approx(SYSTEM["distortion"]["min_ratio"])  # the fastest fallback
+    assert plan.reason == "qos_change" and not plan.feasible and "kept the last good plan" in plan.detail
+    # the nodes keep the last good configuration: no pruning to the floor to chase an impossible limit
+    assert (plan.split_point, plan.rho_device, plan.rho_server) == (good.split_point, good.rho_device, good.rho_server)
+    assert plan.rho_device > SYSTEM["distortion"]["min_ratio"]
     with pytest.raises(ValueError, match="qos"):
         controller.set_qos(-1, 1)
 
