@@ -49,6 +49,7 @@ from coinfer.radio import shannon_rate_bps
 from coinfer.system import System
 
 log = logging.getLogger(__name__)
+plan_log = logging.getLogger("coinfer.plan")  # each new plan, with its reason: shown by default (coinfer.cli)
 
 # Re-plans triggered by estimates publish only a changed decision; the others always publish.
 SILENT_IF_UNCHANGED = ("channel_change", "compute_drift", "power_drift")
@@ -203,7 +204,11 @@ class Controller:
         with self._lock:
             before = self.knobs[role]
             self.knobs[role] = ppb.Knobs.FromString(knobs.SerializeToString())  # a copy
-            if self.plan is None or before == self.knobs[role] or _held(before, role) == _held(knobs, role):
+            if self.plan is None or before == self.knobs[role]:
+                return None
+            if _held(before, role) == _held(knobs, role):
+                # the same decision: the plan in force records what the node said, no new epoch
+                getattr(self.plan, f"{role}_knobs").CopyFrom(self.knobs[role])
                 return None
             return self._replan("knobs_change")
 
@@ -406,7 +411,7 @@ class Controller:
             if self._timer is not None and reason in OPERATOR_REASONS:
                 self._timer.cancel()
                 self._deferred = None
-        log.info("plan epoch %d (%s): k=%d rho=%.3f/%.3f %s quality %s p=%.4g W feasible=%s binding=%s; %s",
+        plan_log.info("plan epoch %d (%s): k=%d rho=%.3f/%.3f %s quality %s p=%.4g W feasible=%s binding=%s; %s",
                  plan.epoch, reason, plan.split_point, plan.rho_device, plan.rho_server, plan.prune_method,
                  f"{plan.predicted_quality:.4f}" if plan.quality_metric else "unknown", plan.tx_power_w,
                  plan.feasible, plan.binding, plan.detail)

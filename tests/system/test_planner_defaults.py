@@ -57,4 +57,4 @@ def test_a_plain_planner_keeps_answers_as_fast_and_says_what_it_held():
     assert plan["feasible"] and plan["predicted_quality"] >= 0.98 and plan["quality_metric"] == "cosine"
     last = planned_records[-1]
     assert last["plan_epoch"] == int(plan["epoch"]) and last["predicted_quality"] >= 0.98
-    assert {"split", "rho_device", "rho_server", "prune_method", "codec"} <= set(last)
+    assert {"k", "rho_device", "rho_server", "prune_method", "codec"} <= set(last) and last["k"] == plan["split_point"]
