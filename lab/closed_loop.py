@@ -33,11 +33,14 @@ from pathlib import Path
 # an uplink at 20 dB SNR (2 MHz at -114 dB and 0.2 W: 13.3 Mbit/s; 6.9 Mbit/s after the 10 dB fade,
 # where the rate falls almost in proportion): a 4 x 32-token fp32 request takes 0.12 s to send at full
 # power, 0.23 s after the fade.
+# What the planner is told; everything else (FLOPs per cycle) it measures on this machine at start
+# (coinfer.planner.machine) and then from telemetry. A guess of C would make its first plans wrong: with
+# 8 FLOPs/cycle the unpruned model looked too slow for the limit and only pruning below the quality
+# floor would do, so no plan at all could be pushed.
 LOOPBACK_SYSTEM = {
     "weight_bits": 16,
-    "device": {"max_freq_hz": 2.0e9, "flops_per_cycle": 8, "pue": 1.0, "power_coeff": 1.0e-28,
-               "max_tx_power_w": 0.2},
-    "server": {"max_freq_hz": 2.0e9, "flops_per_cycle": 8, "pue": 1.5, "power_coeff": 1.0e-28},
+    "device": {"max_freq_hz": 2.0e9, "pue": 1.0, "power_coeff": 1.0e-28, "max_tx_power_w": 0.2},
+    "server": {"max_freq_hz": 2.0e9, "pue": 1.5, "power_coeff": 1.0e-28},
     "channel": {"bandwidth_hz": 2.0e6, "noise_psd_w_per_hz": 3.98e-21, "gain": 10 ** (-11.4)},
     "qos": {"max_delay_s": 0.36, "max_energy_j": 10.0},
     "distortion": {"model": "magnitude", "min_ratio": 0.05},

@@ -96,10 +96,10 @@ def merged(base: dict, override: dict | None) -> dict:
     return out
 
 
-def describe(d: dict) -> str:
-    """One line for the planner's start-up log: what it assumes until telemetry says otherwise."""
-    dev, ch = d["device"], d["channel"]
-    return (f"starting system: F = {dev['max_freq_hz'] / 1e9:.2f} GHz, C = {dev['flops_per_cycle']:.1f} FLOPs/cycle "
-            f"(measured here, {os.cpu_count()} CPUs), power modelled ({MODELLED_POWER_W:g} W at F), link "
-            f"{ch['bandwidth_hz'] * LINK_SPECTRAL_EFFICIENCY / 1e9:g} Gbit/s assumed until measured, "
-            f"QoS {d['qos']['max_delay_s']:g} s / {d['qos']['max_energy_j']:g} J")
+def describe(system) -> str:
+    """One line for the planner's start-up log: what it assumes (a System) until telemetry says otherwise."""
+    dev, ch, qos = system.device, system.channel, system.qos
+    return (f"starting system: F = {dev.max_freq_hz / 1e9:.2f} GHz, C = {dev.flops_per_cycle:.1f} FLOPs/cycle "
+            f"(this machine, {os.cpu_count()} CPUs, unless --system says otherwise), power coefficient "
+            f"{dev.power_coeff:.3g} (modelled until RAPL/NVML energy arrives), channel gain {ch.gain:.3g} over "
+            f"{ch.bandwidth_hz:.3g} Hz until the rate is measured, QoS {qos.max_delay_s:g} s / {qos.max_energy_j:g} J")

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             start["qos"][key] = value
     system = parse_system(start)
-    print(f"[planner] {describe(start)}", file=sys.stderr, flush=True)
+    print(f"[planner] {describe(system)}", file=sys.stderr, flush=True)
     src = resolve_model(args.model)
     print(f"[planner] profiling {src.name} for batch {args.batch} x {args.seq_len} tokens ...", file=sys.stderr,
           flush=True)

@@ -70,3 +70,22 @@ SENTENCES = [
 @pytest.fixture(scope="session")
 def sentences():
     return list(SENTENCES)
+
+
+@pytest.fixture(scope="session")
+def split_servers():
+    """`coinfer server` processes for the API and HTTP tests, shared by both (each takes seconds to
+    start): MiniLM at k = 0, 2, L (6) and random:bart-tiny at k = 2, started side by side. Tests only
+    send them requests; none may stop them."""
+    import contextlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embeddings import start_server
+
+    specs = {0: ("minilm", 0), 2: ("minilm", 2), 6: ("minilm", 6), "bart": ("random:bart-tiny", 2)}
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(specs)) as pool:
+        futures = {key: pool.submit(start_server, model, k, "shared") for key, (model, k) in specs.items()}
+        started = {key: stack.enter_context(f.result()) for key, f in futures.items() if f.exception() is None}
+        for future in futures.values():
+            future.result()  # the first that failed to start fails the tests (the others are stopped)
+        yield started

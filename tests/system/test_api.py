@@ -1,9 +1,7 @@
 """The Python API (`from coinfer import SplitModel`) against real `coinfer server` processes."""
 import asyncio
-import contextlib
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -12,24 +10,13 @@ import torch
 from coinfer import AsyncSplitModel, SplitModel
 from coinfer.errors import UsageError
 from coinfer.lab.launch import ServiceProcess
-from embeddings import SENTENCES, cosines, start_server
+from embeddings import SENTENCES, cosines
 
 MINILM_BLOCKS = 6
-def _server(model: str, split: int):
-    return start_server(model, split, "api")
-
-
 @pytest.fixture(scope="module")
-def servers():
-    """MiniLM servers at k = 0, 2, L and a BART one, started side by side (each takes seconds)."""
-    specs = {0: ("minilm", 0), 2: ("minilm", 2), MINILM_BLOCKS: ("minilm", MINILM_BLOCKS),
-             "bart": ("random:bart-tiny", 2)}
-    with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(specs)) as pool:
-        futures = {key: pool.submit(_server, *spec) for key, spec in specs.items()}
-        started = {key: stack.enter_context(f.result()) for key, f in futures.items() if f.exception() is None}
-        for future in futures.values():
-            future.result()  # the first that failed to start fails the tests (the others are stopped)
-        yield started
+def servers(split_servers):
+    """MiniLM servers at k = 0, 2, L and a BART one (shared with the HTTP tests: tests/conftest.py)."""
+    return split_servers
 
 
 @pytest.fixture(scope="module")
@@ -138,20 +125,25 @@ def test_async_twin_gives_the_same_vectors(servers):
     assert np.allclose(one, expected[0], atol=1e-6)
 
 
-def test_bart_generate_equals_the_device_runtime_path(bart_server):
-    from coinfer.device.runtime import DeviceRuntime
+def test_bart_generate_equals_transformers_generate(bart_server):
+    """SplitModel.generate through a real server gives the text transformers' own generate gives for
+    the whole model (BartForConditionalGeneration with the same weights, beam search included)."""
+    import torch
+    from transformers import BartForConditionalGeneration
+
     from coinfer.models import resolve_model
-    from coinfer.split import GenerationOptions
 
     texts = ["generate something", "and another, longer input to generate from"]
     src = resolve_model("random:bart-tiny")
-    runtime = DeviceRuntime(src, 2, server=bart_server.address,
-                            generation=GenerationOptions(max_new_tokens=8, num_beams=2))
-    try:
-        runtime.connect()
-        expected = src.tokenizer.batch_decode(runtime.infer(texts).output, skip_special_tokens=True)
-    finally:
-        runtime.close()
+    src.skeleton  # noqa: B018 - settles the config's attention implementation, as the halves do
+    whole = BartForConditionalGeneration(src.config)
+    src.load_into(whole)
+    whole.eval()
+    with torch.inference_mode():
+        ids, mask = src.tokenize(texts)
+        tokens = whole.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, num_beams=2)
+    expected = src.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    assert any(expected), "the reference generated nothing to compare"
     with SplitModel(server=bart_server.address, model="random:bart-tiny") as model:
         assert model.split == 2
         got = model.generate(texts, max_new_tokens=8, num_beams=2)

@@ -2,6 +2,7 @@
 import contextlib
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -11,15 +12,11 @@ import openai
 import pytest
 
 from coinfer.lab.launch import ServiceProcess
-from embeddings import SENTENCES, cosines, start_server
+from embeddings import SENTENCES, cosines
 
 MINILM = "all-MiniLM-L6-v2"
 MINILM_BLOCKS = 6
 TOKEN = "http-test-token"
-def _server(model: str, split: int):
-    return start_server(model, split, "http")
-
-
 def _device(server: ServiceProcess, model: str, token: str | None = None) -> ServiceProcess:
     env = dict(os.environ)
     env.pop("COINFER_TOKEN", None)
@@ -30,20 +27,13 @@ def _device(server: ServiceProcess, model: str, token: str | None = None) -> Ser
 
 
 @pytest.fixture(scope="module")
-def services():
-    """MiniLM servers at k = 0, 2, L and a BART one, each with an HTTP device in front; and a
-    token-protected HTTP device in front of the k = 2 server. Started side by side."""
-    specs = {0: ("minilm", 0), 2: ("minilm", 2), MINILM_BLOCKS: ("minilm", MINILM_BLOCKS),
-             "bart": ("random:bart-tiny", 2)}
-    with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(specs) + 1) as pool:
-        servers = {key: pool.submit(_server, *spec) for key, spec in specs.items()}
-        started = {}
-        for key, future in servers.items():
-            if future.exception() is None:
-                started[key] = stack.enter_context(future.result())
-        for future in servers.values():
-            future.result()
-        devices = {key: pool.submit(_device, started[key], specs[key][0]) for key in specs}
+def services(split_servers):
+    """An HTTP device in front of each shared server (MiniLM at k = 0, 2, L and BART: tests/conftest.py),
+    and a token-protected one in front of the k = 2 server. Started side by side."""
+    models = {0: "minilm", 2: "minilm", MINILM_BLOCKS: "minilm", "bart": "random:bart-tiny"}
+    started = split_servers
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(len(models) + 1) as pool:
+        devices = {key: pool.submit(_device, started[key], model) for key, model in models.items()}
         devices["token"] = pool.submit(_device, started[2], "minilm", TOKEN)
         http = {}
         for key, future in devices.items():
@@ -234,3 +224,30 @@ def test_exposure_refused_and_sigterm_exits_zero(services):
                               "--http", "0.0.0.0:0"], capture_output=True, text=True, timeout=120, env=env)
     assert refused.returncode == 2 and "--http" in refused.stderr
     assert services["http"]["token"].stop() == 0
+
+
+def test_a_server_that_goes_away_is_503_and_the_device_keeps_serving():
+    """The HTTP device outlives its server: requests get 503 with an OpenAI error object (nothing hangs,
+    nothing crashes) and /health says unavailable; a server back on the same port is used again."""
+    from coinfer.lab.launch import free_port
+
+    port = free_port()
+    args = ["server", "--model", "random:bert-tiny", "--split", "1", "--listen", f"127.0.0.1:{port}"]
+    server = ServiceProcess(args, "http-503-server")
+    env = {k: v for k, v in os.environ.items() if k != "COINFER_TOKEN"}
+    with server, ServiceProcess(["device", "--server", server.address, "--model", "random:bert-tiny", "--http",
+                         "127.0.0.1:0", "--timeout-s", "5"], "http-503-device", env=env) as device:
+        client = _client(device)
+        assert len(client.embeddings.create(model="random:bert-tiny", input=["up"]).data) == 1
+        assert server.stop() == 0
+        with pytest.raises(openai.APIStatusError) as info:
+            client.embeddings.create(model="random:bert-tiny", input=["down"])
+        assert info.value.status_code == 503
+        assert info.value.body["code"] == "server_unavailable" and "unreachable" in info.value.body["message"]
+        status, _ = _get(device, "/health")
+        assert status == 503
+        with ServiceProcess(args, "http-503-server-again"):
+            deadline = time.monotonic() + 60
+            while _get(device, "/health")[0] != 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert len(client.embeddings.create(model="random:bert-tiny", input=["back"]).data) == 1
