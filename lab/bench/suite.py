@@ -13,7 +13,7 @@ SETTINGS = {
     "split": ({"splits": (3,), "repeats": 8, "warmup": 2}, {"splits": (1, 3, 5), "repeats": 30, "warmup": 3}),
     "codecs": ({}, {}),
     "pruning": ({"ratios": (0.5,), "repeats": 2}, {"ratios": (1.0, 0.75, 0.5, 0.25), "repeats": 5}),
-    "batching": ({"devices": (1, 8), "seconds": 2.0}, {"devices": (1, 2, 4, 8), "seconds": 8.0}),
+    "batching": ({"devices": (1, 8), "seconds": 1.0}, {"devices": (1, 2, 4, 8), "seconds": 8.0}),
     "planner": ({"repeat": 30, "sweeps": 3}, {"repeat": 200, "sweeps": 20}),
     "channel": ({"quick": True}, {"quick": False}),
     "memory": ({"splits": (0, 3)}, {"model": "random:bert-base", "splits": None}),
