@@ -15,9 +15,10 @@ DESCRIPTION = (
     "the device's blocks [0, k) (device side) or the server's blocks [k, L) and BART's decoder (server "
     "side) at rho, leaving the rest unpruned, and compares the output with the unpruned model's: cosine "
     "of the sentence embedding for encoders, teacher-forced top-1 token agreement for BART (mean over "
-    "the sentences, and its 10th percentile). Each side is fitted with a convex, non-increasing loss, "
-    "and predicted quality(k, rho_d, rho_s) composes the two sides, which is what the planner's "
-    "constraint 'predicted quality >= floor' uses. min_ratio is the lowest ratio where the fit holds; "
+    "the sentences, its 10th percentile and the worst sentence). Each side is fitted with a convex, "
+    "non-increasing loss, and predicted quality(k, rho_d, rho_s) composes the two sides; the planner's "
+    "floor (--min-quality) is on the worst sentence, and each pruned plan is measured on the calibration "
+    "set before it is pushed. min_ratio is the lowest ratio where the fit holds; "
     "speed sigma is the share of a block's time that shrinks with rho (structured ~1; magnitude ~0, "
     "dense kernels do not skip zeros). The result is cached per model fingerprint.")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 # (quick, full) keyword arguments per section
 SETTINGS = {
-    "split": ({"splits": (3,), "repeats": 8, "warmup": 2}, {"splits": (1, 3, 5), "repeats": 30, "warmup": 3}),
+    "split": ({"splits": (3,), "repeats": 5, "warmup": 2}, {"splits": (1, 3, 5), "repeats": 30, "warmup": 3}),
     "codecs": ({}, {}),
     "pruning": ({"ratios": (0.5,), "repeats": 2}, {"ratios": (1.0, 0.75, 0.5, 0.25), "repeats": 5}),
     "batching": ({"devices": (1, 8), "seconds": 1.0}, {"devices": (1, 2, 4, 8), "seconds": 8.0}),
