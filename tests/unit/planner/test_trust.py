@@ -343,3 +343,30 @@ def test_set_qos_refuses_absurd_limits_and_stores_nothing(minilm_config, delay, 
 def test_set_qos_at_its_bounds_is_a_plan():
     bounds.check_qos(bounds.MAX_DELAY_S, bounds.MAX_QOS_ENERGY_J)
     bounds.check_qos(bounds.MIN_QOS, bounds.MIN_QOS)
+
+
+@pytest.mark.parametrize("knobs, field", [
+    (ppb.Knobs(clock="x" * 17), "knobs.clock"),
+    (ppb.Knobs(clock_reason="r" * 201), "knobs.clock_reason"),
+    (ppb.Knobs(clock="cpufreq", max_freq_hz=math.inf), "knobs.max_freq_hz"),
+    (ppb.Knobs(clock="cpufreq", max_freq_hz=-1.0), "knobs.max_freq_hz"),
+    (ppb.Knobs(clock="cpufreq", min_freq_hz=3e9, max_freq_hz=2e9), "knobs.min_freq_hz"),
+    (ppb.Knobs(tx_power="emulator", max_tx_power_w=1e4), "knobs.max_tx_power_w"),
+])
+def test_knobs_a_node_reports_are_checked_and_a_refused_one_changes_nothing(minilm_config, knobs, field):
+    controller, plans, _ = make_controller(minilm_config, knobs=None)
+    before = len(plans)
+    with pytest.raises(ValueError, match=field):
+        controller.set_knobs("device", knobs)
+    assert controller.knobs["device"] is None and len(plans) == before
+    assert controller.held().freq_d and controller.held().power     # nothing reported: nothing settable
+
+
+def test_a_node_that_can_set_its_clock_replans_and_a_fixed_one_is_only_recorded(minilm_config):
+    controller, plans, _ = make_controller(minilm_config, knobs=None)
+    before = len(plans)
+    assert controller.set_knobs("device", ppb.Knobs(clock="fixed", clock_reason="no cpufreq")) is None
+    assert len(plans) == before and controller.plan.device_knobs.clock == "fixed"   # same decision, recorded
+    plan = controller.set_knobs("device", ppb.Knobs(clock="emulated", tx_power="emulator"))
+    assert plan is not None and plan.reason == "knobs_change" and len(plans) == before + 1
+    assert not controller.held().freq_d and not controller.held().power and controller.held().freq_s
