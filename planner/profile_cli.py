@@ -41,7 +41,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _read_calibration(path: str) -> list[str]:
+def read_calibration(path: str) -> list[str]:
+    """--calibration FILE: one sentence a line, # starts a comment (the planner reads it the same way,
+    so both find the same cached profile)."""
     from coinfer.errors import UsageError
 
     try:
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         kw["ratios"] = DEFAULT_RATIOS
     if args.calibration:
-        kw["sentences"] = _read_calibration(args.calibration)
+        kw["sentences"] = read_calibration(args.calibration)
     src = resolve_model(args.model)
     model = load_or_measure(src, cache_dir=args.cache_dir, refresh=args.refresh,
                             progress=lambda message: print(f"[profile] {message}", file=sys.stderr), **kw)

@@ -94,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
     if args.quality == "measured":
         from coinfer.planner.quality import QualityCheck, load_or_measure
 
-        sentences = _read_calibration(args.calibration) if args.calibration else None
+        from coinfer.planner.profile_cli import read_calibration
+
+        sentences = read_calibration(args.calibration) if args.calibration else None
         quality = load_or_measure(src, sentences=sentences,
                                   progress=lambda msg: print(f"[planner] quality: {msg}", file=sys.stderr,
                                                              flush=True))
@@ -145,27 +147,3 @@ def _int(value: str, option: str) -> int:
     except ValueError:
         raise UsageError(f"{option}: expected auto or an integer, got {value!r}") from None
 
-
-def read_lines(path: str, option: str) -> list[str]:
-    """Non-empty lines of a UTF-8 text file, or a UsageError naming the option (and the line)."""
-    from coinfer.errors import UsageError
-
-    try:
-        raw = open(path, "rb").read()
-    except OSError as exc:
-        raise UsageError(f"{option}: cannot read {path}: {exc.strerror}") from None
-    lines = []
-    for number, line in enumerate(raw.splitlines(), 1):
-        try:
-            text = line.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise UsageError(f"{option}: {path} line {number} is not UTF-8") from None
-        if text:
-            lines.append(text)
-    if not lines:
-        raise UsageError(f"{option}: {path} has no sentences")
-    return lines
-
-
-def _read_calibration(path: str) -> list[str]:
-    return read_lines(path, "--calibration")
