@@ -147,12 +147,22 @@ def solution_at(scn: Scenario, x: Point, *, solver: str, t0: float, status: str,
         y = least_energy_point(scn, rho_d, rho_s)
         if y is not None and evaluate(scn, y).energy <= scn.system.qos.max_energy_j:
             x = y
+    x = _held_exactly(scn, x)
     x = back_off(scn, x, fixes)
     costs = evaluate(scn, x)
     if not within(costs, scn, QOS_REL_TOL):
         return infeasible(scn, solver=solver, t0=t0, status="numerical",
                           why="the solver's point could not be made to meet the QoS", **extra)
     return _report(scn, x, costs, solver=solver, t0=t0, status=status, **extra)
+
+
+def _held_exactly(scn: Scenario, x: Point) -> Point:
+    """A held knob is at its maximum exactly: the frontier's times round-trip to 2099999999.9999998 Hz."""
+    fixes, s = scn.fixes, scn.system
+    return Point(x.rho_d, x.rho_s,
+                 s.device.max_freq_hz if fixes.freq_d and x.f_d else x.f_d,
+                 s.server.max_freq_hz if fixes.freq_s and x.f_s else x.f_s,
+                 s.max_tx_power_w if fixes.power and x.p else x.p)
 
 
 def _report(scn: Scenario, x: Point, costs: Costs, *, solver, t0, status, **extra) -> Solution:

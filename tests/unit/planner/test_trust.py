@@ -370,3 +370,22 @@ def test_a_node_that_can_set_its_clock_replans_and_a_fixed_one_is_only_recorded(
     plan = controller.set_knobs("device", ppb.Knobs(clock="emulated", tx_power="emulator"))
     assert plan is not None and plan.reason == "knobs_change" and len(plans) == before + 1
     assert not controller.held().freq_d and not controller.held().power and controller.held().freq_s
+
+
+
+@pytest.mark.parametrize("split", ["auto", 3, 6])
+def test_held_knobs_are_at_their_maxima_exactly(minilm_config, split):
+    """This machine's system (2.1 GHz) as a plain planner sees it: 2.1e9 does not survive a
+    time -> frequency round trip (2099999999.9999998), and held must mean equal."""
+    from coinfer.planner.machine import machine_system
+
+    system = parse_system(machine_system(flops_per_second=15077318308.430092, max_freq_hz=2.1e9))
+    plans = []
+    controller = Controller(system, profile_from_config(minilm_config, "bert", "m", 1, 16),
+                            ControllerSettings(batch=1, seq_len=16, split=split), plans.append,
+                            profile_at=lambda b, s: profile_from_config(minilm_config, "bert", "m", b, s))
+    plan = controller.replan("start")
+    assert controller.held().freq_d and controller.held().freq_s and controller.held().power
+    assert plan.feasible and plan.f_device_hz == plan.device_max_freq_hz == 2.1e9
+    assert plan.f_server_hz == plan.server_max_freq_hz == 2.1e9
+    assert plan.tx_power_w in (0.0, system.max_tx_power_w)   # no upload, or the held maximum
