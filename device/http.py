@@ -126,6 +126,45 @@ def parse_input(value, field: str = "input"):
 
 
 # --- the service ---------------------------------------------------------------------------------
+class EmbeddingJob:
+    """One /v1/embeddings request cut into chunks (indices into `items`, longest first); the answers of
+    the chunks are gathered into vectors in input order."""
+
+    def __init__(self, model_name: str, kind: str, items: list, fmt: str, chunks: list[list[int]]):
+        self.model_name, self.kind, self.items, self.fmt, self.chunks = model_name, kind, items, fmt, chunks
+        self.vectors: list = [None] * len(items)
+        self.tokens = 0
+        self._plans: list = []
+
+    def rows(self, indices: list[int]) -> list:
+        return [self.items[i] for i in indices]
+
+    def add(self, indices: list[int], answer) -> None:
+        count, output, plan = answer
+        self.tokens += count
+        self._plans.append(plan)
+        for row, i in enumerate(indices):
+            self.vectors[i] = output[row]
+
+    def plan(self) -> dict:
+        from coinfer.device.runtime import merge_plan_infos
+
+        return merge_plan_infos(self._plans)
+
+    def answer(self) -> dict:
+        import numpy as np
+
+        data = []
+        for i, vector in enumerate(self.vectors):
+            if self.fmt == "base64":
+                value = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+            else:
+                value = vector.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        return {"object": "list", "data": data, "model": self.model_name,
+                "usage": {"prompt_tokens": self.tokens, "total_tokens": self.tokens}, "coinfer": self.plan()}
+
+
 class Service:
     """What the endpoints do, over one SplitModel (blocking calls: run them in worker threads)."""
 
@@ -147,12 +186,13 @@ class Service:
 
     def on_compute_thread(self, fn, *args, **kwargs):
         """fn(*args, **kwargs) on the compute thread (not batched with anything)."""
-        return self._submit("call", (fn, args, kwargs))
+        return self.submit("call", (fn, args, kwargs)).result()
 
-    def _submit(self, kind: str, items):
+    def submit(self, kind: str, items) -> Future:
+        """Queue rows for the compute thread; the future gives (tokens, rows, plan_info)."""
         future: Future = Future()
         self._jobs.put((kind, items, future))
-        return future.result()
+        return future
 
     def _compute_loop(self) -> None:
         pending = None
@@ -249,43 +289,8 @@ class Service:
         output = result.output.float()
         return mask.sum(dim=1).numpy(), torch.nn.functional.normalize(output, p=2, dim=1).numpy(), result.plan
 
-    def embed(self, kind: str, items: list) -> tuple[list, int, dict]:
-        """Normalised vectors (float32 numpy rows) in input order, the tokens sent, and the plan_info that
-        produced them (merge_plan_infos over the chunks)."""
-        from coinfer.device.runtime import merge_plan_infos
-
-        runtime = self.runtime
-        limit = runtime.max_length
-        if kind == "tokens":
-            vocab = int(getattr(self.src.config, "vocab_size", 0) or 0)
-            for i, row in enumerate(items):
-                bad = [t for t in row if t < 0 or (vocab and t >= vocab)]
-                if bad:
-                    raise ApiError(400, f"'input[{i}]' holds token id {bad[0]}, outside the vocabulary "
-                                        f"(0..{vocab - 1})", "input")
-            truncated = sum(len(r) > limit for r in items)
-            if truncated:
-                log.warning("%d token arrays longer than %d tokens truncated", truncated, limit)
-            items = [r[:limit] for r in items]
-            sizes = [len(r) for r in items]
-        else:
-            sizes = [len(t) for t in items]
-        order = sorted(range(len(items)), key=lambda i: -sizes[i])  # less padding per chunk
-        vectors: list = [None] * len(items)
-        tokens = 0
-        plans = []
-        for start in range(0, len(order), self.chunk):
-            indices = order[start:start + self.chunk]
-            count, output, plan = self._submit(kind, [items[i] for i in indices])
-            tokens += count
-            plans.append(plan)
-            for row, i in enumerate(indices):
-                vectors[i] = output[row]
-        return vectors, tokens, merge_plan_infos(plans)
-
-    def embeddings(self, body: dict) -> dict:
-        import numpy as np
-
+    def prepare_embeddings(self, body: dict) -> "EmbeddingJob":
+        """Check an /v1/embeddings body (cheap: runs on the event loop) and cut it into chunks."""
         if self.src.family == "bart":
             raise ApiError(400, f"{self.name} is a BART model, which generates text: use /v1/completions",
                            "model", "model_not_embedding")
@@ -301,16 +306,29 @@ class Service:
         if "input" not in body:
             raise ApiError(400, "'input' is required", "input")
         kind, items = parse_input(body["input"])
-        vectors, tokens, plan = self.embed(kind, items)
-        data = []
-        for i, vector in enumerate(vectors):
-            if fmt == "base64":
-                value = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-            else:
-                value = vector.tolist()
-            data.append({"object": "embedding", "index": i, "embedding": value})
-        return {"object": "list", "data": data, "model": self.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "coinfer": plan}
+        limit = self.runtime.max_length
+        if kind == "tokens":
+            vocab = int(getattr(self.src.config, "vocab_size", 0) or 0)
+            for i, row in enumerate(items):
+                bad = [t for t in row if t < 0 or (vocab and t >= vocab)]
+                if bad:
+                    raise ApiError(400, f"'input[{i}]' holds token id {bad[0]}, outside the vocabulary "
+                                        f"(0..{vocab - 1})", "input")
+            truncated = sum(len(r) > limit for r in items)
+            if truncated:
+                log.warning("%d token arrays longer than %d tokens truncated", truncated, limit)
+            items = [r[:limit] for r in items]
+        sizes = [len(r) for r in items]
+        order = sorted(range(len(items)), key=lambda i: -sizes[i])  # less padding per chunk
+        chunks = [order[start:start + self.chunk] for start in range(0, len(order), self.chunk)]
+        return EmbeddingJob(self.name, kind, items, fmt, chunks)
+
+    def embeddings(self, body: dict) -> dict:
+        """The /v1/embeddings answer to `body` (blocking)."""
+        job = self.prepare_embeddings(body)
+        for indices in job.chunks:
+            job.add(indices, self.submit(job.kind, job.rows(indices)).result())
+        return job.answer()
 
     # completions
     def completions(self, body: dict) -> dict:
@@ -350,6 +368,7 @@ class Service:
 
 def create_app(service: Service, token: str | None = None):
     """The FastAPI app over `service`; with a token, all but /health need `Authorization: Bearer`."""
+    import asyncio
     import hmac
 
     from fastapi import FastAPI, Request
@@ -370,23 +389,41 @@ def create_app(service: Service, token: str | None = None):
     known = {"/v1/embeddings", "/v1/completions", "/v1/models", "/health", "/metrics"}
     expected = f"Bearer {token}".encode() if token else None
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        path = request.url.path
-        endpoint = path if path in known or path.startswith("/v1/models/") else "other"
-        started = time.perf_counter()
-        if expected is not None and path != "/health":
-            given = (request.headers.get("authorization") or "").encode()
-            if not hmac.compare_digest(given, expected):
-                response = _error_response(ApiError(
-                    401, "missing or wrong API key: send 'Authorization: Bearer <token>' (the service's --token)",
-                    None, "invalid_api_key"))
-                requests.labels(endpoint, "401").inc()
-                return response
-        response = await call_next(request)
-        latency.labels(endpoint).observe(time.perf_counter() - started)
-        requests.labels(endpoint, str(response.status_code)).inc()
-        return response
+    class Observe:
+        """Counts, times and (with a token) authenticates every request: a plain ASGI middleware, since
+        Starlette's BaseHTTPMiddleware costs about a millisecond a request in task and stream hops."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.inner(scope, receive, send)
+            path = scope["path"]
+            endpoint = path if path in known or path.startswith("/v1/models/") else "other"
+            started = time.perf_counter()
+            if expected is not None and path != "/health":
+                given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+                if not hmac.compare_digest(given, expected):
+                    response = _error_response(ApiError(
+                        401, "missing or wrong API key: send 'Authorization: Bearer <token>' (the service's --token)",
+                        None, "invalid_api_key"))
+                    requests.labels(endpoint, "401").inc()
+                    return await response(scope, receive, send)
+            status = [500]
+
+            async def send_and_note(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.inner(scope, receive, send_and_note)
+            finally:
+                latency.labels(endpoint).observe(time.perf_counter() - started)
+                requests.labels(endpoint, str(status[0])).inc()
+
+    app.add_middleware(Observe)
 
     @app.exception_handler(ApiError)
     async def api_error(_request, exc: ApiError):
@@ -420,19 +457,33 @@ def create_app(service: Service, token: str | None = None):
             raise ApiError(400, "the request body must be a JSON object", None, "invalid_json")
         return body
 
-    async def _call(fn, body: dict) -> JSONResponse:
-        try:
-            result = await run_in_threadpool(fn, body)
-        except Exception as exc:
-            return _error_response(_from_exception(exc))
+    def _respond(result: dict) -> JSONResponse:
         inputs.inc(len(result.get("data") or result.get("choices") or ()))
         plan = result.get("coinfer") or {}
         headers = {"X-Coinfer-Plan-Epoch": str(plan["plan_epoch"])} if "plan_epoch" in plan else None
         return JSONResponse(result, headers=headers)
 
+    async def _call(fn, body: dict) -> JSONResponse:
+        try:
+            result = await run_in_threadpool(fn, body)
+        except Exception as exc:
+            return _error_response(_from_exception(exc))
+        return _respond(result)
+
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
-        return await _call(service.embeddings, await _body(request))
+        # Checked here on the event loop, computed on the compute thread, awaited without a worker
+        # thread in between: one thread hop less per request than run_in_threadpool. Chunks go one at
+        # a time, so a long request does not hold back the chunks of short ones that arrive meanwhile.
+        body = await _body(request)
+        try:
+            job = service.prepare_embeddings(body)
+            for indices in job.chunks:
+                job.add(indices, await asyncio.wrap_future(service.submit(job.kind, job.rows(indices))))
+            result = job.answer() if len(job.chunks) <= 1 else await run_in_threadpool(job.answer)
+        except Exception as exc:
+            return _error_response(_from_exception(exc))
+        return _respond(result)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -519,13 +570,23 @@ def serve(args) -> int:
         service = Service(model, args.model)
         try:
             app = create_app(service, sec.token)
-            return asyncio.run(_serve(app, sock, host, https, sec))
+            with asyncio.Runner(loop_factory=_fast_loop_factory()) as runner:
+                return runner.run(_serve(app, sock, host, https, sec))
         finally:
             service.close()
     finally:
         sock.close()
         model.close()
         print("[device] http stopped", file=sys.stderr, flush=True)
+
+
+def _fast_loop_factory():
+    """uvloop's event loop where it is installed (a base dependency off Windows), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve(app, sock, host: str, https: bool, sec) -> int:

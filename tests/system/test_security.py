@@ -114,6 +114,34 @@ def test_device_reaches_a_tls_server_through_the_channel_emulator(certs, minilm,
     assert len(out.stdout.splitlines()) == len(sentences)
 
 
+
+def test_http_device_serves_https_to_the_openai_client(certs, minilm, sentences):
+    """--tls-cert/--tls-key on `coinfer device --http`: HTTPS for applications, TLS to the server; a
+    client that does not trust the CA, or speaks plain HTTP, gets no answer."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    import ssl
+
+    import openai
+
+    tls = ["--tls-cert", certs["server.pem"], "--tls-key", certs["server.key"], "--tls-ca", certs["ca.pem"]]
+    with ServiceProcess(["server", "--split", "2", "--listen", "127.0.0.1:0", *tls], "tls-server") as server, \
+            ServiceProcess(["device", "--server", server.address, "--http", "127.0.0.1:0", *tls],
+                           "https-device") as device:
+        trusted = openai.OpenAI(base_url=f"https://{device.address}/v1", api_key="unused", max_retries=0, timeout=60,
+                                http_client=openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=certs["ca.pem"])))
+        answer = trusted.embeddings.create(model=minilm.name, input=sentences[:3], encoding_format="float")
+        assert len(answer.data) == 3 and len(answer.data[0].embedding) == minilm.hidden_size
+        assert abs(sum(x * x for x in answer.data[0].embedding) - 1.0) < 1e-4   # normalised, as served
+        untrusting = openai.OpenAI(base_url=f"https://{device.address}/v1", api_key="unused", max_retries=0,
+                                   timeout=20)
+        with pytest.raises(openai.APIConnectionError):
+            untrusting.embeddings.create(model=minilm.name, input=sentences[:1])
+        with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+            urllib.request.urlopen(f"http://{device.address}/health", timeout=20)
+
 def test_token_is_required_on_every_call_but_health(minilm):
     env = {**os.environ, "COINFER_TOKEN": "s3cret"}
     with ServiceProcess(["server", "--split", "2", "--listen", "127.0.0.1:0"], "token-server",
