@@ -35,6 +35,13 @@ def register(subparsers) -> None:
                         help="go through the sentences this many times; 0 = until stopped (default: %(default)s)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per sentence (full embedding or tokens, and timings)")
+    parser.add_argument("--json-compact", action="store_true",
+                        help="print one short JSON line per sentence (under 1 KB) instead: request id, "
+                             "timings, bytes, the plan, and the output's dim, sha256 digest (first 16 hex of "
+                             "its float32 little-endian bytes; int64 token ids for BART), L2 norm and first "
+                             "3 values, not the vector. For container logs: their drivers split the ~8.6 KB "
+                             "lines of --json, which then interleave with stderr. Implies --json "
+                             "(COINFER_JSON_COMPACT=1)")
     parser.add_argument("--http", metavar="HOST:PORT",
                         help="serve OpenAI-compatible HTTP here (/v1/embeddings, /v1/completions, /v1/models, "
                              "/health, /metrics) instead of reading sentences; port 0 picks one and "
@@ -130,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
             texts = _decode_texts(src, result) if result.output_kind == "generated_tokens" else None
             for row, sentence in enumerate(chunk):
                 values = result.output[row]
-                if args.json:
+                if args.json_compact:
+                    print(compact_record(sentence, result, row, texts), flush=True)
+                elif args.json:
                     record = {"sentence": sentence, "request_id": result.request_id,
                               "output_kind": result.output_kind, "output": values.tolist(),
                               "end_to_end_ms": result.end_to_end_s * 1e3, "bytes_sent": result.bytes_sent,
@@ -156,6 +165,67 @@ def run(args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     return 0
+
+
+COMPACT_MAX_BYTES = 1000  # bytes a line: short enough that no log driver splits it (--json lines of ~8.6 KB were)
+_COMPACT_TEXT_CHARS = 40  # of the sentence (and BART's text): enough to tell lines apart in a log
+
+
+def output_digest(values) -> dict:
+    """What identifies one answer without its vector: dim, sha256 of its bytes (float32 little-endian for
+    embeddings, int64 for token ids; the first 16 hex digits), L2 norm and first 3 values."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    floating = values.is_floating_point()
+    array = values.detach().to(torch.float32 if floating else torch.int64).cpu().numpy()
+    array = np.ascontiguousarray(array, dtype="<f4" if floating else "<i8")
+    head = [round(float(v), 6) if floating else int(v) for v in array[:3]]
+    return {"dim": int(array.size), "sha256_16": hashlib.sha256(array.tobytes()).hexdigest()[:16],
+            "norm": round(float(np.linalg.norm(array.astype(np.float64))), 6), "head": head}
+
+
+def _short(text, chars: int = _COMPACT_TEXT_CHARS):
+    if not isinstance(text, str) or len(text) <= chars:
+        return text
+    return text[:chars - 1] + "\u2026"
+
+
+def compact_record(sentence: str, result, row: int, texts: list[str] | None) -> str:
+    """One answer as a JSON line of at most COMPACT_MAX_BYTES: ids, timings, bytes, plan, a digest."""
+    import json
+
+    def ms(seconds: float) -> float:
+        return round(seconds * 1e3, 3)
+
+    record = {"request_id": result.request_id, "row": row, "sentence": _short(sentence),
+              "output_kind": result.output_kind, **output_digest(result.output[row]),
+              "device_ms": ms(result.device_compute_s), "encode_ms": ms(result.encode_s),
+              "transfer_ms": ms(result.transfer_s), "server_queue_ms": ms(result.server_queue_s),
+              "server_compute_ms": ms(result.server_compute_s), "end_to_end_ms": ms(result.end_to_end_s),
+              "server_batch_size": result.server_batch_size, "bytes_sent": result.bytes_sent,
+              "bytes_received": result.bytes_received, "resends": result.resends, "retries": result.retries,
+              "plan_epoch": result.plan_epoch, "truncated": row in result.truncated}
+    # the plan fields --json carries; strings cut short (a planner's reason is free text)
+    plan = {k: v for k, v in result.plan.items() if k != "plan_epoch"}
+    record.update({k: _short(v, 64) for k, v in plan.items()})
+    if texts is not None:
+        record["text"] = _short(texts[row])
+    line = json.dumps(record, separators=(",", ":"))
+    # only free text can push it over (non-ASCII is escaped, up to 12 bytes a character): cut the text
+    # shorter, then drop it; the numbers always stay
+    for chars in (16, 0):
+        if len(line) <= COMPACT_MAX_BYTES:
+            break
+        for key in ("sentence", "text"):
+            if key in record:
+                record[key] = _short(sentence if key == "sentence" else texts[row], chars) if chars else None
+        if not chars:
+            record.update({k: _short(v, 16) for k, v in plan.items()})
+        line = json.dumps(record, separators=(",", ":"))
+    return line
 
 
 def _decode_texts(src, result) -> list[str] | None:
