@@ -1,5 +1,6 @@
 """Shared fixtures. Models load from local folders only; nothing may reach a hub."""
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -10,8 +11,12 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def quality_cache(tmp_path_factory):
     """One quality-profile cache for the whole session (planners started by tests inherit it): a model
-    is profiled once per run, never read from or written to the user's ~/.cache."""
-    folder = tmp_path_factory.mktemp("quality-cache")
+    is profiled once per run, never read from or written to the user's ~/.cache. scripts/test runs the
+    unit tests (in parallel workers) and the system tests as separate sessions over one folder,
+    COINFER_TEST_CACHE_DIR, so that they too profile each model once."""
+    shared = os.environ.get("COINFER_TEST_CACHE_DIR")
+    folder = Path(shared) if shared else tmp_path_factory.mktemp("quality-cache")
+    folder.mkdir(parents=True, exist_ok=True)
     before = os.environ.get("COINFER_CACHE_DIR")
     os.environ["COINFER_CACHE_DIR"] = str(folder)
     yield folder
@@ -24,9 +29,14 @@ def quality_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm_quality(minilm, quality_cache):
     """all-MiniLM-L6-v2's measured quality model (profiled once per session, shared with subprocesses)."""
+    import fcntl
+
     from coinfer.planner.quality import load_or_measure
 
-    return load_or_measure(minilm)
+    # parallel workers wait for the one that profiles, then read its cache file
+    with open(quality_cache / ".profiling.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return load_or_measure(minilm)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ SETTINGS = {
     "batching": ({"devices": (1, 8), "seconds": 1.0}, {"devices": (1, 2, 4, 8), "seconds": 8.0}),
     "planner": ({"repeat": 30, "sweeps": 3}, {"repeat": 200, "sweeps": 20}),
     "channel": ({"quick": True}, {"quick": False}),
-    "memory": ({"splits": (0, 3)}, {"model": "random:bert-base", "splits": None}),
+    "memory": ({"splits": (3,)}, {"model": "random:bert-base", "splits": None}),
 }
 
 SECTIONS = tuple(SETTINGS)

@@ -1,6 +1,6 @@
 """`coinfer device --json-compact`: one short JSON line per answer for container logs (issue 18, item 6),
 whose digest identifies the same vector `--json` prints in full. Real processes: one `coinfer server`,
-two `coinfer device` runs against it."""
+two `coinfer device` runs against it (the session's shared MiniLM server at k = 2)."""
 import hashlib
 import json
 import os
@@ -10,10 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from coinfer.lab.launch import ServiceProcess
 from embeddings import SENTENCES
 
-SPLIT = 3
+SPLIT = 2   # a server of tests/conftest.py's split_servers
 # non-ASCII is escaped in JSON (up to 12 bytes a character): the line must stay short all the same
 INPUTS = [*SENTENCES, "Ünïcødé " + "\U0001d11e" * 60]
 PLAN_KEYS = ("plan_epoch", "k", "rho_device", "rho_server", "prune_method", "codec", "predicted_quality", "clock")
@@ -33,21 +32,20 @@ def lines(proc: subprocess.Popen) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def answers():
+def answers(split_servers):
     """(full --json lines, compact lines) from one server; compact chosen by COINFER_JSON_COMPACT=1
     beside --json, so the environment variable and "compact wins over --json" are both exercised. The
-    two device runs go side by side once the server listens (each spends seconds importing torch)."""
-    with ServiceProcess(["server", "--model", "minilm", "--split", str(SPLIT), "--listen", "127.0.0.1:0"],
-                        "compact-log-server") as server:
-        runs = [device(server.address, "--json"),
-                device(server.address, "--json", env={"COINFER_JSON_COMPACT": "1"})]
-        try:
-            return tuple(lines(run) for run in runs)
-        finally:
-            for run in runs:
-                if run.poll() is None:
-                    run.kill()
-                    run.wait()
+    two device runs go side by side (each spends seconds importing torch)."""
+    server = split_servers[SPLIT]
+    runs = [device(server.address, "--json"),
+            device(server.address, "--json", env={"COINFER_JSON_COMPACT": "1"})]
+    try:
+        return tuple(lines(run) for run in runs)
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
 
 
 def test_compact_lines_are_short_json_without_the_vector(answers):
