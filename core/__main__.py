@@ -1,5 +1,3 @@
-import sys
+from coinfer.cli import run
 
-from coinfer.cli import main
-
-sys.exit(main())
+run()

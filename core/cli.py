@@ -122,5 +122,41 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run(argv: list[str] | None = None) -> None:
+    """The `coinfer` command (console script and `python -m coinfer`): main(), then a quick exit.
+
+    An interpreter that has imported torch and transformers takes 1-2 s to tear itself down after the
+    command is done, paid by every server, planner and device that stops and every one-shot command.
+    Once the command returns, nothing is left for that teardown to do: non-daemon threads are joined,
+    exit handlers run and stdio flushed as a normal exit would, and the process ends there."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse (--help, a usage error) and sys.exit in a command
+        code = exc.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    import atexit
+    import os
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # logging.shutdown, temporary folders' finalizers, ...
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said on it
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

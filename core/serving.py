@@ -63,13 +63,20 @@ async def start_grpc_server(add_servicers: Callable[[grpc.aio.Server], None], li
     return GrpcServer(server, port, health_servicer)
 
 
-async def termination_signal() -> None:
-    """Return on the first SIGTERM or SIGINT (the event loop's own handlers: no thread waits)."""
+def on_termination() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT (the event loop's own handlers: no thread waits).
+    Installed at once: call it before announcing the address, or a SIGTERM sent as soon as the
+    'listening' line appears kills the process with the default action (exit -15, nothing drained)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def termination_signal() -> None:
+    """Return on the first SIGTERM or SIGINT."""
+    await on_termination().wait()
 
 
 class BackgroundLoop:

@@ -124,8 +124,9 @@ async def _serve(service, broadcast, listen: str) -> int:
 
     from coinfer.errors import UsageError
     from coinfer.protos import planner_pb2_grpc as ppb_grpc
-    from coinfer.serving import start_grpc_server, termination_signal
+    from coinfer.serving import on_termination, start_grpc_server
 
+    stop = on_termination()
     broadcast.bind(asyncio.get_running_loop())
     try:
         served = await start_grpc_server(lambda server: ppb_grpc.add_PlannerServicer_to_server(service, server),
@@ -134,7 +135,7 @@ async def _serve(service, broadcast, listen: str) -> int:
         raise UsageError(str(exc)) from None
     print(f"listening on {listen.rpartition(':')[0]}:{served.port}", flush=True)
     logging.getLogger(__name__).info("first plan: %s", service.controller.plan)
-    await termination_signal()
+    await stop.wait()
     await served.stop(2, before_close=broadcast.close)
     return 0
 

@@ -120,8 +120,9 @@ async def _serve(half, args, limits, metrics) -> int:
 
     from coinfer.errors import UsageError
     from coinfer.server.app import start_server
-    from coinfer.serving import termination_signal
+    from coinfer.serving import on_termination
 
+    stop = on_termination()
     try:
         running = await start_server(half, args.listen, args.max_message_mb * 1024 * 1024, args.max_batch_size,
                                      args.max_queue_delay_ms / 1e3, half.telemetry, metrics, limits)
@@ -131,7 +132,7 @@ async def _serve(half, args, limits, metrics) -> int:
     print(f"listening on {host}:{running.port}", flush=True)
     logging.getLogger(__name__).info("serving %s k=%d rho=%.3f on %s", half.src.name, half.plan.split,
                                      half.plan.rho, half.device)
-    await termination_signal()
+    await stop.wait()
     half.stop_following()
     await running.stop(args.grace_s)
     half.close_telemetry()
