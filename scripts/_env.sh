@@ -1,8 +1,11 @@
 # Sourced by scripts/demo and scripts/test: create .venv when missing and install coinfer into it.
-# Re-installs only when pyproject.toml changed since the last install (a stamp file records its hash).
+# Installs everything (the base and the planner, bench and test extras: coinfer[all]) with the lock,
+# requirements/lock.txt (scripts/lock), as constraints, so every machine gets the same versions.
+# Re-installs only when pyproject.toml or the lock changed since the last install (a stamp file records
+# their hash). COINFER_VENV puts the environment elsewhere (default .venv).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
+VENV="${COINFER_VENV:-$ROOT/.venv}"
 PYTHON="${COINFER_PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 if [ ! -x "$VENV/bin/python" ]; then
@@ -10,12 +13,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 STAMP="$VENV/.coinfer-installed"
-WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+LOCK="$ROOT/requirements/lock.txt"
+# (without a lock, e.g. removed to re-resolve from scratch with scripts/lock, installs go unconstrained)
+constraints=(); [ -f "$LOCK" ] && constraints=(-c "$LOCK")
+WANT="$(cat "$ROOT/pyproject.toml" "$LOCK" 2>/dev/null | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "[coinfer] installing into $VENV (torch 2.13.0 CPU wheel first, so nothing pulls a CUDA build)" >&2
   # (this machine's pip configuration warns about every missing local index folder: filtered out)
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.13.0" 2> >(grep -v "is ignored" >&2)
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" 2> >(grep -v "is ignored" >&2)
+  # (the lock pins torch==2.13.0+cpu: a local wheel or PyTorch's CPU index, PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu)
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${constraints[@]}" "torch==2.13.0" 2> >(grep -v "is ignored" >&2)
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${constraints[@]}" -e "$ROOT[all]" 2> >(grep -v "is ignored" >&2)
   echo "$WANT" > "$STAMP"
 fi
 # Model weights come from local folders only; never let a library reach for a hub.

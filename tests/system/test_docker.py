@@ -6,8 +6,9 @@ No Docker engine here (and no registry), so no image is built. What is checked i
   users, read-only model mounts, that every command is a `coinfer` subcommand with options it accepts,
   and that the images install exactly what pyproject.toml lists;
 * the four processes are started exactly as compose starts them (same commands, same COINFER_*
-  environment; host names mapped to 127.0.0.1, ports left to the OS) and the device gets its answers
-  from the server through the channel emulator, under the planner's plan;
+  environment; host names mapped to 127.0.0.1, ports left to the OS; server, channel and device with
+  only the base install importable) and the device gets its answers from the server through the
+  channel emulator, under the planner's plan;
 * the health-check entry point, the server's --dtype, and client-side round robin over replicas.
 """
 from __future__ import annotations
@@ -194,6 +195,8 @@ class Dockerfile:
         bases = {s.base for s in self.order}
         copied_from = {re.search(r"--from=(\S+)", rest).group(1) for s in self.order
                        for kw, rest in s.instructions if kw == "COPY" and "--from=" in rest}
+        copied_from |= {m for s in self.order for kw, rest in s.instructions if kw == "RUN"
+                        for m in re.findall(r"--mount=\S*\bfrom=([\w-]+)", rest)}
         return [s.name for s in self.order if s.name not in bases | copied_from]
 
 
@@ -408,7 +411,7 @@ DOCKERFILES = {"device": DOCKER / "Dockerfile.device", "server": DOCKER / "Docke
 @pytest.mark.parametrize("which", sorted(DOCKERFILES))
 def test_images_run_as_a_non_root_user_with_coinfer_as_entry_point(which):
     dockerfile = Dockerfile(DOCKERFILES[which])
-    expected = {"device": ["planner", "channel", "server", "device"], "server": ["#1"]}[which]
+    expected = {"device": ["planner", "channel", "server", "device"], "server": ["runtime"]}[which]
     assert dockerfile.targets() == expected
     for target in dockerfile.targets():
         user = dockerfile.last(target, "USER")
@@ -438,58 +441,94 @@ def test_image_health_checks_ask_the_port_the_image_listens_on(which):
         assert ports == bound == dockerfile.exposed(stage.name), f"{which}/{stage.name}"
 
 
-def _pip_installs(dockerfile: Dockerfile) -> list[list[str]]:
-    """The arguments of every `pip install` in RUN lines (options and their values dropped)."""
-    installs = []
-    for stage in dockerfile.order:
-        for keyword, rest in stage.instructions:
-            if keyword != "RUN":
+def _pip_commands(dockerfile: Dockerfile, stage: str) -> list[list[str]]:
+    """The words of every `pip install` / `pip wheel` in a stage's own RUN lines."""
+    found = []
+    for keyword, rest in dockerfile.stages[stage].instructions:
+        if keyword != "RUN":
+            continue
+        words: list[str] = []
+        for token in shlex.split(rest) + ["&&"]:  # quoted ';' (python -c "...; ...") stays inside
+            if token.endswith(";") and token != ";":  # `fi;`: a word, then the end of a command
+                words.append(token[:-1])
+                token = ";"
+            if not words and token.startswith("--mount="):  # RUN's own flags
                 continue
-            commands, words = [], []
-            for token in shlex.split(rest) + ["&&"]:  # quoted ';' (python -c "...; ...") stays inside
-                if token in ("&&", "||", ";"):
-                    commands.append(words)
-                    words = []
-                else:
-                    words.append(token)
-            for words in commands:
-                assert words[:3] != ["python", "-m", "pip"], "install with `pip install` (what this test reads)"
-                if words[:2] == ["pip", "install"]:
-                    args, skip = [], False
-                    for word in words[2:]:
-                        if skip:
-                            skip = False
-                        elif word in ("--index-url", "--extra-index-url", "-i", "-r", "-c"):
-                            skip = True
-                            assert word in ("--index-url", "-i"), f"pyproject.toml is the one list: no {word}"
-                        elif not word.startswith("-"):
-                            args.append(dockerfile.expand(word, dockerfile.stage_args(stage.name)))
-                    installs.append(args)
-    return installs
+            if token in ("&&", "||", ";", "|"):
+                if words[:2] in (["pip", "install"], ["pip", "wheel"]):
+                    found.append(words)
+                assert words[:3] != ["python", "-m", "pip"], "call `pip` (what this test reads)"
+                words = []
+            else:
+                words.append(token)
+    return found
+
+
+BUILD_ARGS = {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_TRUSTED_HOST", "PIP_NO_INDEX"}
 
 
 @pytest.mark.parametrize("which", sorted(DOCKERFILES))
-def test_images_install_pyproject_and_its_torch_pin_nothing_else(which):
+def test_images_install_the_locked_wheels_without_resolving_anything(which):
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     (torch_pin,) = [d for d in pyproject["project"]["dependencies"] if re.match(r"torch\s*==", d)]
     dockerfile = Dockerfile(DOCKERFILES[which])
-    installs = _pip_installs(dockerfile)
-    # torch alone first (from the CPU or CUDA index), then the project from its pyproject.toml
-    assert installs == [[torch_pin.replace(" ", "")], ["."]], installs
     text = DOCKERFILES[which].read_text()
-    assert "uv pip" not in text and "requirements" not in text
-    assert "pip check" in text
-    index = [a for s in dockerfile.order for a in [dockerfile.stage_args(s.name).get("TORCH_INDEX_URL")] if a]
-    assert index and index[0].startswith("https://download.pytorch.org/whl/" + ("cpu" if which == "device" else "cu"))
-    # what `pip install .` needs is in the image and in the build context: pyproject, its readme and
-    # every package folder it maps
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "a syntax directive makes BuildKit pull a frontend"
+    assert "uv " not in text.replace("uv pip compile", ""), "no download of a Python or a tool at build time"
+    # air-gapped builds: pip's settings as build args of the build stage, an empty default for the local
+    # wheels context, a CA bundle by secret
+    build = dockerfile.stages["build"]
+    assert BUILD_ARGS <= set(dockerfile.stage_args("build")), BUILD_ARGS - set(dockerfile.stage_args("build"))
+    assert dockerfile.stage_args("build")["PIP_FIND_LINKS"] == "/wheels"
+    assert dockerfile.stages["wheels"].base == "scratch" and not dockerfile.stages["wheels"].instructions
+    runs = " ".join(rest for kw, rest in build.instructions if kw == "RUN")
+    assert "--mount=type=bind,from=wheels,target=/wheels" in runs and "--mount=type=secret,id=pip_ca" in runs
+    torch_version = torch_pin.split("==")[1].strip()
+    for stage in dockerfile.order:
+        if "TORCH_VERSION" in dockerfile.stage_args(stage.name):
+            assert dockerfile.stage_args(stage.name)["TORCH_VERSION"] == torch_version, stage.name
+    index = dockerfile.stage_args("build")["PIP_EXTRA_INDEX_URL"]
+    assert index.startswith("https://download.pytorch.org/whl/" + ("cpu" if which == "device" else "cu")), index
+    # the build stage fetches exactly the lock's pins (wheels, no resolving but torch's CUDA closure)
+    fetched = _pip_commands(dockerfile, "build")
+    requirement_files = {w for cmd in fetched for a, w in zip(cmd, cmd[1:]) if a == "-r"}
+    wanted = {"device": {"requirements/image-planner.txt"}, "server": {"/tmp/base.txt"}}[which]
+    assert requirement_files == wanted, requirement_files
+    assert all("--no-deps" in cmd for cmd in fetched if "-r" in cmd)
+    # what `pip wheel /src` needs is in the build stage: pyproject, its readme and every package folder
     package_dirs = set(pyproject["tool"]["setuptools"]["package-dir"].values())
-    copied = set(dockerfile.copies(dockerfile.order[-1].name).values())
     needed = {"pyproject.toml", pyproject["project"]["readme"]} | package_dirs
+    copied = set(dockerfile.copies("build").values())
     assert needed <= copied, f"not copied: {needed - copied}"
-    # BuildKit reads <Dockerfile>.dockerignore: everything is left out but what the image copies
-    ignore = (DOCKERFILES[which].parent / (DOCKERFILES[which].name + ".dockerignore")).read_text().splitlines()
+    # every stage an image is made of installs from mounted wheels only: no index, no resolver
+    image_stages = {s.name for t in dockerfile.targets() for s in dockerfile.chain(t)}
+    assert "build" not in image_stages, "the build stage (and its build/, *.egg-info) is no layer of an image"
+    for stage in image_stages:
+        for cmd in _pip_commands(dockerfile, stage):
+            assert cmd[:2] == ["pip", "install"] and {"--no-index", "--no-deps"} <= set(cmd), f"{stage}: {cmd}"
+    assert "pip check" in text
+    if which == "device":
+        installs = [c for c in _pip_commands(dockerfile, "cpu") if "-r" in c]
+        assert [c[c.index("-r") + 1] for c in installs] == ["/requirements/image.txt"], "the base only"
+        planner = [c for c in _pip_commands(dockerfile, "planner") if "-r" in c]
+        assert [c[c.index("-r") + 1] for c in planner] == ["/requirements/image-planner.txt"]
+
+
+def test_one_root_dockerignore_keeps_the_context_to_what_the_images_copy():
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = {"pyproject.toml", pyproject["project"]["readme"], "requirements", "docker/sentences.txt",
+              *pyproject["tool"]["setuptools"]["package-dir"].values()}
     assert "*" in ignore and {f"!{n}" for n in needed} <= set(ignore), ignore
+    for never in ("**/.git", "**/.venv", "**/results", "**/build", "**/*.egg-info", "**/__pycache__"):
+        assert never in ignore, never
+    # BuildKit would read a <Dockerfile>.dockerignore instead of the root one: keep a single file
+    assert not list(DOCKER.glob("*.dockerignore"))
+    for which, path in DOCKERFILES.items():
+        dockerfile = Dockerfile(path)
+        for stage in dockerfile.order:
+            for source in dockerfile.copies(stage.name).values():
+                assert source.split("/")[0] in {n.split("/")[0] for n in needed}, f"{which}: {source} is ignored"
 
 
 @pytest.mark.parametrize("which", sorted(DOCKERFILES))
@@ -499,12 +538,21 @@ def test_images_have_the_python_pyproject_requires(which):
 
     requires = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
     dockerfile = Dockerfile(DOCKERFILES[which])
-    if which == "device":
-        version = re.match(r"python:(\d+\.\d+)", dockerfile.args["PYTHON_IMAGE"]).group(1)
-    else:
-        assert dockerfile.args["CUDA_IMAGE"].startswith("nvidia/cuda:") and "runtime" in dockerfile.args["CUDA_IMAGE"]
-        version = dockerfile.stage_args(dockerfile.order[-1].name)["PYTHON_VERSION"]
+    # both images take Python from the same base image (no CPython download at build time)
+    version = re.match(r"python:(\d+\.\d+)", dockerfile.args["PYTHON_IMAGE"]).group(1)
+    assert all(s.base in dockerfile.stages or s.base in ("scratch", dockerfile.args["PYTHON_IMAGE"])
+               for s in dockerfile.order), [s.base for s in dockerfile.order]
     assert Version(version + ".0") in requires, f"{which} image has Python {version}, pyproject wants {requires}"
+    if which == "server":  # what the NVIDIA container toolkit reads to mount the driver's libraries
+        env = dockerfile.env(dockerfile.targets()[0])
+        assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility" and env["NVIDIA_VISIBLE_DEVICES"] == "all"
+
+
+def test_the_device_logs_one_compact_line_per_answer_in_containers():
+    for path in (GPU_COMPOSE, CPU_COMPOSE):
+        assert "--json-compact" in command(load_compose(path)["services"]["device"]), path.name
+    device = Dockerfile(DOCKERFILES["device"])
+    assert "--json-compact" in device.exec_form("device", "CMD")
 
 
 # --- the four processes as compose starts them ---------------------------------------------------
@@ -544,6 +592,21 @@ class Localizer:
         return re.sub(r"^((?:dns:///)?)([\w.]+):(\d+)$", reference, value)
 
 
+# The names the device image lacks (extras and what only the embedded model's package declares). None
+# in sys.modules makes `import X` fail and importlib.util.find_spec(X) say None, as for a package that
+# is not installed; a sitecustomize first on PYTHONPATH sets that before anything else runs.
+NOT_IN_THE_BASE = ("cvxpy", "scipy", "matplotlib", "sklearn", "pytest", "_pytest", "hypothesis", "openai",
+                   "sentence_transformers", "importlinter")
+
+
+def base_only_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "base-only"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(f"import sys\nfor name in {NOT_IN_THE_BASE!r}:\n"
+                                             "    sys.modules[name] = None\n")
+    return folder
+
+
 def run_compose_stack(path: Path, repeat: int, tmp_path: Path):
     """Start planner, server and channel as `path` does, then the device with --repeat; returns
     (device process result, {name: ServiceProcess}, localizer). The caller stops the services."""
@@ -558,6 +621,8 @@ def run_compose_stack(path: Path, repeat: int, tmp_path: Path):
         for name in start_order(services):
             service = services[name]
             env = {k: where.value(v) for k, v in environment(service).items()}
+            if name != "planner":  # as in the images: only the base install (no cvxpy, scipy, pytest, ...)
+                env["PYTHONPATH"] = str(base_only_folder(tmp_path))
             argv = [where.value(a) for a in command(service)]
             if name == "device":
                 # the one change: a finite --repeat (the flag wins over COINFER_REPEAT=0)
@@ -598,12 +663,16 @@ def test_the_four_processes_as_compose_starts_them_answer_the_device(path, tmp_p
     try:
         logs = "\n".join(f"--- {p.name}\n{p.read_text()}" for p in tmp_path.glob("*.log"))
         assert done.returncode == 0, f"device failed:\n{done.stderr}\n{logs}"
-        records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-        assert [r["sentence"] for r in records] == sentences  # one answer per sentence, in order
-        for record in records:
-            assert record["output_kind"] == "sentence_embedding" and len(record["output"]) == 384
-            norm = sum(v * v for v in record["output"]) ** 0.5
-            assert abs(norm - 1.0) < 1e-3  # MiniLM's L2-normalised sentence embedding
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        records = [json.loads(line) for line in lines]
+        # --json-compact (what the files run): the sentence cut to 40 characters, a digest for the vector
+        short = [s if len(s) <= 40 else s[:39] + "\u2026" for s in sentences]
+        assert [r["sentence"] for r in records] == short  # one answer per sentence, in order
+        for line, record in zip(lines, records):
+            assert len(line.encode()) <= 1000, "a compact line must stay whole in a container log"
+            assert record["output_kind"] == "sentence_embedding" and record["dim"] == 384
+            assert len(record["sha256_16"]) == 16 and "output" not in record
+            assert abs(record["norm"] - 1.0) < 1e-3  # MiniLM's L2-normalised sentence embedding
             assert record["bytes_sent"] > 0
         # computed under a plan from the planner (epoch 0 would mean no planner), ...
         epochs = [record["plan_epoch"] for record in records]
@@ -739,3 +808,22 @@ def test_round_robin_spreads_unary_requests_over_replicas_and_pins_a_stream(tiny
             assert via_dns.infer(sentences).output.shape[0] == len(sentences)
         finally:
             via_dns.close()
+
+
+# --- the stack built and run for real, where an engine is reachable ---------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_container_check_builds_runs_and_gets_the_local_answers():
+    from coinfer.lab import container_check
+
+    engine, why = container_check.probe()  # a PATH lookup where there is no engine: no time lost
+    if engine is None:
+        pytest.skip(f"no container engine reachable, so scripts/container_check cannot run here: {why}")
+    done = subprocess.run([sys.executable, "-m", "coinfer.lab.container_check", "--engine", engine],
+                          capture_output=True, text=True, timeout=3500, env=_clean_env())
+    summary = json.loads(done.stdout)
+    assert done.returncode == 0 and summary["ok"], json.dumps(summary, indent=1)[-6000:]
+    assert set(summary["health"].values()) == {"healthy"} and summary["answers"]["equal"]
+    assert summary["torn_down"]
+    assert summary["image_bytes"]["coinfer/device"] <= 1.2e9, summary["image_mb"]
