@@ -323,13 +323,6 @@ class Service:
         chunks = [order[start:start + self.chunk] for start in range(0, len(order), self.chunk)]
         return EmbeddingJob(self.name, kind, items, fmt, chunks)
 
-    def embeddings(self, body: dict) -> dict:
-        """The /v1/embeddings answer to `body` (blocking)."""
-        job = self.prepare_embeddings(body)
-        for indices in job.chunks:
-            job.add(indices, self.submit(job.kind, job.rows(indices)).result())
-        return job.answer()
-
     # completions
     def completions(self, body: dict) -> dict:
         if self.src.family != "bart":
