@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from coinfer import packing
 from coinfer.errors import UsageError
 from coinfer.models import ModelSource
 
@@ -95,10 +96,11 @@ def _skeleton_layers(src: ModelSource):
     return src.skeleton.encoder.layer
 
 
-def build_block(src: ModelSource, i: int) -> nn.Module:
+def build_block(src: ModelSource, i: int, config=None) -> nn.Module:
+    """Block i filled from the checkpoint; `config` (default: the model's) is what its modules keep."""
     import inspect
 
-    config = _prepare_config(src)
+    config = config if config is not None else _prepare_config(src)
     cls = type(_skeleton_layers(src)[0])
     # DistilBERT's and MPNet's layers take no layer index.
     block = cls(config, layer_idx=i) if "layer_idx" in inspect.signature(cls.__init__).parameters else cls(config)
@@ -142,26 +144,43 @@ def make_attention_mask(src: ModelSource, hidden: torch.Tensor, attention_mask: 
 
 
 class EncoderSegment(nn.Module):
-    """Blocks [start, stop), optionally preceded by the embedding stage."""
+    """Blocks [start, stop), optionally preceded by the embedding stage. A batch with padding runs its
+    blocks packed, on its real tokens only (coinfer.packing): each row equals that sequence run alone,
+    and padded positions come out as zeros."""
 
     def __init__(self, src: ModelSource, start: int, stop: int, with_embedding: bool):
         super().__init__()
         self.src = src
         self.start, self.stop = start, stop
         self.embedding = build_embedding_stage(src) if with_embedding else None
-        self.blocks = nn.ModuleList(build_block(src, i) for i in range(start, stop))
+        # Blocks that can compute packed keep a config of their own naming the packed attention function
+        # (coinfer.packing), which is plain sdpa unless a call passes a packing; MPNet keeps the padded path.
+        self.packs = packing.supported(_prepare_config(src))
+        block_config = None
+        if self.packs:
+            packing.register()
+            block_config = _with(src.config, _attn_implementation=packing.PACKED_ATTENTION)
+        self.blocks = nn.ModuleList(build_block(src, i, block_config) for i in range(start, stop))
         needs_bias = src.config.model_type == "mpnet" and stop > start
         self.position_bias = PositionBias(src) if needs_bias else None
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.embedding(x) if self.embedding is not None else x
-        if len(self.blocks):
-            mask = make_attention_mask(self.src, hidden, attention_mask)
-            extra = (self.position_bias(hidden),) if self.position_bias is not None else ()
-            for block in self.blocks:
-                out = block(hidden, mask, *extra)
-                hidden = out[0] if isinstance(out, tuple) else out
+        if not len(self.blocks):
+            return hidden
+        # the embedding stage stays padded (cheap); the blocks see real tokens only when there is padding
+        packed = packing.plan(attention_mask) if self.packs else None
+        if packed is not None:
+            return packed.unpack(self._run_blocks(packed.pack(hidden), None, (), {packing.PACKING_KWARG: packed}))
+        mask = make_attention_mask(self.src, hidden, attention_mask)
+        extra = (self.position_bias(hidden),) if self.position_bias is not None else ()
+        return self._run_blocks(hidden, mask, extra, {})
+
+    def _run_blocks(self, hidden: torch.Tensor, mask, extra: tuple, kwargs: dict) -> torch.Tensor:
+        for block in self.blocks:
+            out = block(hidden, mask, *extra, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
     def linear_layers(self) -> dict[str, nn.Linear]:

@@ -89,6 +89,8 @@ class SplitModel:
     seed: the seed of ``random:`` models (the server's --seed).
     emulate_frequency: stretch the device compute to emulate clock caps the CPU cannot set (a
         planner's f_d); by default such caps are ignored and the clock is reported as fixed.
+    engine: what computes the device half: eager (default), compile or onnxruntime (coinfer.engines;
+        onnxruntime needs ``pip install 'coinfer[onnx]'``).
     **security: token, cert/tls_cert, key/tls_key, ca/tls_ca, server_name/tls_server_name, mtls —
         those of coinfer.security.Security. Security is PROCESS-WIDE in coinfer: given any, they
         replace the security of every coinfer gRPC client in this process (coinfer.security.configure).
@@ -96,12 +98,14 @@ class SplitModel:
 
     def __init__(self, server: str = "127.0.0.1:50051", model: str = "minilm", planner: str | None = None,
                  codec: str = "fp32", timeout_s: float = 120.0, seed: int = 0, node_id: str = "device",
-                 emulate_frequency: bool = False, **security):
+                 emulate_frequency: bool = False, engine: str = "eager", **security):
         from coinfer import security as process_security
         from coinfer.device.client import InferenceClient
+        from coinfer.engines import check_engine
         from coinfer.models import resolve_model
         from coinfer.split import GenerationOptions
 
+        check_engine(engine)  # a missing onnxruntime is named before anything connects or loads
         if security:
             process_security.configure(_security(security))
         self.server = server
@@ -120,7 +124,7 @@ class SplitModel:
         self._runtime = _make_runtime_class()(
             self.src, int(info.split_point), server=server, codec=codec, epoch=int(info.plan_epoch),
             generation=GenerationOptions(max_new_tokens=32, num_beams=1), timeout_s=timeout_s,
-            emulate_frequency=emulate_frequency)
+            emulate_frequency=emulate_frequency, engine=engine)
         try:
             if planner:
                 self._runtime.follow(planner, node_id)

@@ -19,6 +19,10 @@ def register(subparsers) -> None:
     add_model_arguments(parser, "remaining-parameter ratio of the device half, in (0, 1] (default: 1)")
     parser.add_argument("--codec", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "int4"],
                         help="activation codec on the wire (default: %(default)s)")
+    parser.add_argument("--engine", default="eager", choices=["eager", "compile", "onnxruntime"],
+                        help="what computes the device half: eager torch; torch.compile (compiled at load, eager "
+                             "if it fails); or onnxruntime (exported once, cached under $COINFER_ONNX_CACHE or "
+                             "~/.cache/coinfer/onnx; needs pip install 'coinfer[onnx]') (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="sentences per request (default: %(default)s)")
     parser.add_argument("--max-length", type=int, default=0,
                         help="truncate inputs to this many tokens (default: the model's limit)")
@@ -101,10 +105,12 @@ def run(args: argparse.Namespace) -> int:
 
     from coinfer.device.client import InferenceError
     from coinfer.device.runtime import DeviceRuntime
+    from coinfer.engines import check_engine
     from coinfer.errors import UsageError
     from coinfer.models import resolve_model
     from coinfer.split import GenerationOptions
 
+    check_engine(args.engine)  # a missing onnxruntime is named before anything loads
     if args.http:  # a long-lived local service (coinfer.device.http)
         from coinfer.device.http import serve
 
@@ -118,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     runtime = DeviceRuntime(src, args.split, args.rho, args.prune_method, args.server, args.codec, args.epoch,
                             args.max_length or None, GenerationOptions(max_new_tokens=args.max_new_tokens),
                             args.max_message_mb * 1024 * 1024, args.timeout_s, not args.unary,
-                            channel_control=args.channel_control, emulate_frequency=args.emulate_frequency)
+                            channel_control=args.channel_control, emulate_frequency=args.emulate_frequency,
+                            engine=args.engine)
     try:
         if args.planner:
             runtime.follow(args.planner, args.node_id, min_rho=args.min_rho)

@@ -550,7 +550,8 @@ def serve(args) -> int:
     try:
         model = SplitModel(server=args.server, model=args.model, planner=args.planner, codec=args.codec,
                            timeout_s=args.timeout_s, seed=args.seed, node_id=args.node_id,
-                           emulate_frequency=getattr(args, "emulate_frequency", False))
+                           emulate_frequency=getattr(args, "emulate_frequency", False),
+                           engine=getattr(args, "engine", "eager"))
     except BaseException:
         sock.close()
         raise

@@ -22,6 +22,7 @@ import torch
 from coinfer.codecs import CODECS, decode, encode, encode_into
 from coinfer.device.client import InferenceClient, InferenceError
 from coinfer.energy import PowerModel, make_meter
+from coinfer.engines import Engine, check_engine, prepare_engine
 from coinfer.errors import UsageError
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
@@ -99,6 +100,7 @@ class DeviceState:
     plan: DevicePlan
     part: DevicePart
     pruner: Pruner
+    engine: Engine | None = None  # what computes the part (coinfer.engines); None: the part itself
 
 
 @dataclass
@@ -138,9 +140,11 @@ class DeviceRuntime:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout_s: float = 120.0,
                  use_stream: bool = True, max_freq_hz: float = DEFAULT_DEVICE_MAX_FREQ_HZ,
                  power_model: PowerModel = DEFAULT_DEVICE_POWER, channel_control: str | None = None,
-                 telemetry=None, attempt_timeout_s: float | None = None, emulate_frequency: bool = False):
+                 telemetry=None, attempt_timeout_s: float | None = None, emulate_frequency: bool = False,
+                 engine: str = "eager"):
         if codec not in CODECS:
             raise UsageError(f"--codec: unknown codec {codec!r} (one of {', '.join(CODECS)})")
+        self.engine_name = check_engine(engine)
         self.src = src
         self.generation = generation
         self.timeout_s = timeout_s
@@ -191,7 +195,9 @@ class DeviceRuntime:
 
     def _build(self, plan: DevicePlan) -> DeviceState:
         part = self._make_part(plan.split)
-        return DeviceState(plan, part, Pruner.for_part(part, self.src, plan.rho, plan.method))
+        pruner = Pruner.for_part(part, self.src, plan.rho, plan.method)
+        # after the pruning: an onnxruntime engine exports the weights the part holds
+        return DeviceState(plan, part, pruner, prepare_engine(part, self.engine_name, pruner))
 
     def set_pruning(self, rho: float, method: str) -> None:
         """Change the device half's ratio under the current epoch (a static, planner-less setting)."""
@@ -216,6 +222,8 @@ class DeviceRuntime:
                 tx_power_w = None
             plan = DevicePlan(epoch, split, rho, method, codec, cap, tx_power_w, **about)
             fresh = self._build(plan) if split != current.plan.split else None
+            if fresh is None and current.engine is not None:
+                current.engine.prepare(rho, method)  # onnxruntime: export ahead, so the swap only loads
             if tx_power_w and tx_power_w != current.plan.tx_power_w:
                 self.channel.set_tx_power(tx_power_w)  # the radio first: the next bytes go out at p
             with self._compute_lock:
@@ -224,7 +232,9 @@ class DeviceRuntime:
                     plan = replace(plan, freq_hz=self.freq.cap_hz)
                 if fresh is None:
                     current.pruner.apply(rho, method)
-                    fresh = DeviceState(plan, current.part, current.pruner)
+                    if current.engine is not None:
+                        current.engine.refresh()  # the weights changed in place; an ONNX session holds a copy
+                    fresh = DeviceState(plan, current.part, current.pruner, current.engine)
                 fresh.plan = plan
                 self.state = fresh
         release_thread_pool()  # plans arrive on the watcher's thread; the forwards run on the caller's
@@ -368,7 +378,7 @@ class DeviceRuntime:
             state = self.state
             started = time.perf_counter()
             token = self.meter.begin()
-            hidden = state.part(ids, mask)
+            hidden = (state.engine or state.part)(ids, mask)
             self.freq.stretch(time.perf_counter() - started)  # an emulated cap takes as long as a real one
             compute_s = time.perf_counter() - started
             energy = self.meter.end(token, compute_s, self.freq.effective_freq_hz())

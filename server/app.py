@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from coinfer.protos import coinfer_pb2 as pb
 from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, server_options
-from coinfer.server.batcher import DynamicBatcher
+from coinfer.server.batcher import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, DynamicBatcher
 from coinfer.server.half import ServerHalf
 from coinfer.server.service import (DEFAULT_MAX_QUEUED, DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_CONNECTION,
                                     CoInferenceService, add_to_server)
@@ -44,11 +44,12 @@ class RunningServer:
 
 
 async def start_server(half: ServerHalf, listen: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                       max_batch_size: int = 8, max_queue_delay_s: float = 0.0, telemetry=None, metrics=None,
-                       limits: ServerLimits = ServerLimits()) -> RunningServer:
+                       max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_queue_delay_s: float = 0.0, telemetry=None,
+                       metrics=None, limits: ServerLimits = ServerLimits(),
+                       max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> RunningServer:
     """Start serving `half` on `listen` (port 0 picks a free port); `telemetry` (a NodeTelemetry)
     receives a sample per answered request."""
-    batcher = DynamicBatcher(half, max_batch_size, max_queue_delay_s)
+    batcher = DynamicBatcher(half, max_batch_size, max_queue_delay_s, max_batch_tokens)
     service = CoInferenceService(half, batcher, max_message_bytes, telemetry=telemetry, metrics=metrics,
                                  max_streams=limits.max_streams,
                                  max_streams_per_connection=limits.max_streams_per_connection,

@@ -1,10 +1,15 @@
 """Dynamic batching of concurrent requests into one forward of the server half.
 
-Triton's dynamic batcher is the model: requests queue; one worker takes as many compatible requests
-as fit in `max_batch_size` sequences, waiting at most `max_queue_delay_s` after the oldest for more,
-pads them to one length (padding masked out), runs them together and answers each with its own rows.
-With the default delay of 0 a lone request starts at once, and batches form by themselves while the
-model is busy, so batching costs a single device no latency.
+Triton's dynamic batcher is the model: requests queue; one worker takes the oldest and as many
+compatible requests (of any batch size) as fit both limits, waiting at most `max_queue_delay_s` after
+the oldest for more, pads them to one length (padding masked out), runs them together and answers each
+with its own rows. The limits are `max_batch_size` sequences and `max_batch_tokens` tokens, counted as
+the padded tensor the batch builds: all its rows times its longest length. That bounds the memory of
+the padded input and of the embedding stage, which compute on padding; the encoder blocks compute
+packed (coinfer.packing), on real tokens only. Among compatible requests the worker takes those whose
+length is closest to the oldest's first, so batches group similar lengths and build little padding. A
+request alone over a limit runs alone. With the default delay of 0 a lone request starts at once, and
+batches form by themselves while the model is busy, so batching costs a single device no latency.
 
 A request whose own rows come out non-finite fails alone; if a whole batch raises, its requests are
 re-run one by one so that only the request at fault fails. A request whose future is cancelled while it
@@ -17,7 +22,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +30,12 @@ from coinfer.server.half import PlanChanged
 from coinfer.split import OUTPUT_GENERATED_TOKENS, GenerationOptions
 
 log = logging.getLogger(__name__)
+
+# 64 sequences: batch-8 requests from many clients merge (a cap of 8 never merged them); 8192 tokens:
+# 64 sentences of 128 tokens or 16 of 512. A CPU's throughput per token is flat well before that, so a
+# larger batch would only make its first requests wait longer.
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_TOKENS = 8192
 
 
 class BatchItemError(Exception):
@@ -46,6 +57,7 @@ class BatchResult:
     energy_j: float       # this request's share (by rows) of the batch's energy
     energy_source: str
     freq_hz: float
+    batch_tokens: int = 0  # rows x longest length of the padded batch: what max_batch_tokens bounds
 
 
 @dataclass(eq=False)  # identity: a queue removes this item, not one with equal tensors
@@ -56,14 +68,22 @@ class _Item:
     generation: GenerationOptions
     enqueued: float
     future: Future
+    _key: tuple = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._key = (id(self.state), self.x.dim(), self.x.dtype, self.generation)  # once: the queue is scanned often
 
     @property
     def rows(self) -> int:
         return int(self.x.shape[0])
 
+    @property
+    def length(self) -> int:
+        return int(self.x.shape[1])
+
     def key(self) -> tuple:
         """Requests batch together only when they are computed the same way."""
-        return (id(self.state), self.x.dim(), self.x.dtype, self.generation)
+        return self._key
 
 
 def pad_to(tensor: torch.Tensor, length: int, value) -> torch.Tensor:
@@ -76,11 +96,15 @@ def pad_to(tensor: torch.Tensor, length: int, value) -> torch.Tensor:
 
 
 class DynamicBatcher:
-    def __init__(self, half, max_batch_size: int = 8, max_queue_delay_s: float = 0.0):
+    def __init__(self, half, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_queue_delay_s: float = 0.0,
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        if max_batch_tokens < 1:
+            raise ValueError("max_batch_tokens must be at least 1")
         self.half = half
         self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.max_queue_delay_s = max(0.0, max_queue_delay_s)
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
@@ -129,21 +153,38 @@ class DynamicBatcher:
             if not self._queue:
                 return None
             first = self._queue.popleft()
-            batch, rows = [first], first.rows
+            batch, rows, longest = [first], first.rows, first.length
             deadline = first.enqueued + self.max_queue_delay_s
-            while rows < self.max_batch_size:
-                fitting = next((item for item in self._queue
-                                if item.key() == first.key() and rows + item.rows <= self.max_batch_size), None)
+            while rows < self.max_batch_size and (rows + 1) * longest <= self.max_batch_tokens:
+                fitting = self._closest_fitting(first, rows, longest)
                 if fitting is not None:
                     self._queue.remove(fitting)
                     batch.append(fitting)
                     rows += fitting.rows
+                    longest = max(longest, fitting.length)
                     continue
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0 or self._stopped:
                     break
                 self._cond.wait(remaining)
             return batch
+
+    def _closest_fitting(self, first: _Item, rows: int, longest: int) -> _Item | None:
+        """The queued request compatible with `first` that fits both limits beside the batch so far
+        (`rows` sequences, `longest` tokens long), closest in length to `first`; the oldest on a tie.
+        The oldest request always leads the next batch, so one passed over here is never starved."""
+        best, best_gap = None, None
+        for item in self._queue:
+            if item.key() != first.key() or rows + item.rows > self.max_batch_size:
+                continue
+            if (rows + item.rows) * max(longest, item.length) > self.max_batch_tokens:
+                continue
+            gap = abs(item.length - first.length)
+            if best is None or gap < best_gap:
+                best, best_gap = item, gap
+                if gap == 0:
+                    break
+        return best
 
     def _run(self) -> None:
         while True:
@@ -192,7 +233,8 @@ class DynamicBatcher:
                 continue
             item.future.set_result(BatchResult(
                 rows.clone(), started - item.enqueued, compute_s, len(batch), rows_total,
-                energy.joules * item.rows / rows_total, energy.source, batch[0].state.plan.freq_hz))
+                energy.joules * item.rows / rows_total, energy.source, batch[0].state.plan.freq_hz,
+                rows_total * length))
 
     def _trim_padding(self, tokens: torch.Tensor) -> torch.Tensor:
         """Drop trailing columns that are padding in every row: what this request alone would return."""

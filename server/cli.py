@@ -24,6 +24,11 @@ def register(subparsers) -> None:
                         help="precision of the server half's weights and compute; answers are float32 "
                              "either way. auto: fp32 on the CPU, bf16 (else fp16) on CUDA; fp16 needs CUDA "
                              "(default: %(default)s)")
+    parser.add_argument("--engine", default="eager", choices=["eager", "compile", "onnxruntime"],
+                        help="what computes the half's blocks (and pooling): eager torch; torch.compile (compiled at "
+                             "load, eager if it fails); or onnxruntime (exported once, cached under "
+                             "$COINFER_ONNX_CACHE or ~/.cache/coinfer/onnx; needs pip install 'coinfer[onnx]'). "
+                             "BART's decoder stays eager (default: %(default)s)")
     parser.add_argument("--max-streams", type=int, default=DEFAULT_MAX_STREAMS,
                         help="device streams held open at once; one more is refused with RESOURCE_EXHAUSTED "
                              "(an idle stream costs memory, no thread) (default: %(default)s)")
@@ -32,8 +37,14 @@ def register(subparsers) -> None:
     parser.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED,
                         help="requests accepted and not yet answered; one more is refused with "
                              "RESOURCE_EXHAUSTED (default: %(default)s)")
-    parser.add_argument("--max-batch-size", type=int, default=8,
-                        help="sequences computed together at most; 1 turns batching off (default: %(default)s)")
+    parser.add_argument("--max-batch-size", type=int, default=64,
+                        help="sequences computed together at most, from requests of any batch size; 1 turns "
+                             "batching off (default: %(default)s)")
+    parser.add_argument("--max-batch-tokens", type=int, default=8192,
+                        help="tokens computed together at most, counted as sequences x the longest one (the "
+                             "padded batch); a request over it runs alone. 8192 holds 64 sentences of 128 tokens "
+                             "or 16 of 512, beyond which a CPU's throughput per token no longer rises and a "
+                             "batch only makes its first requests wait (default: %(default)s)")
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0,
                         help="how long the oldest queued request may wait for others to batch with; 0 "
                              "starts at once and batches only what queued while busy (default: %(default)s)")
@@ -59,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from coinfer.engines import check_engine
     from coinfer.errors import UsageError
     from coinfer.models import resolve_model
     from coinfer.pruning import check_method, check_ratio
@@ -72,14 +84,15 @@ def run(args: argparse.Namespace) -> int:
     security.current().check_exposure(args.listen, "--listen")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.max_batch_size < 1 or args.max_queue_delay_ms < 0:
-        raise UsageError("--max-batch-size must be >= 1 and --max-queue-delay-ms >= 0")
+    if args.max_batch_size < 1 or args.max_batch_tokens < 1 or args.max_queue_delay_ms < 0:
+        raise UsageError("--max-batch-size and --max-batch-tokens must be >= 1 and --max-queue-delay-ms >= 0")
     for option in ("max_streams", "max_streams_per_connection", "max_queued"):
         if getattr(args, option) < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be >= 1")
     limits = ServerLimits(args.max_streams, args.max_streams_per_connection, args.max_queued)
     check_ratio(args.rho, "--rho")
     check_method(args.prune_method)
+    check_engine(args.engine)  # a missing onnxruntime is named before minutes of loading
     resolve_dtype(args.dtype, pick_device(args.device))  # before loading anything
     src = resolve_model(args.model, seed=args.seed)
     check_split(src, args.split)
@@ -88,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--plan-switch-grace-s must be >= 0")
     half = ServerHalf(src, args.split, args.rho, args.prune_method, args.epoch, args.device, args.max_freq_hz,
                       dtype=args.dtype, switch_grace_s=args.plan_switch_grace_s,
-                      emulate_frequency=args.emulate_frequency)
+                      emulate_frequency=args.emulate_frequency, engine=args.engine)
+    if args.engine != "eager":
+        print(f"[server] engine: {half.state.engine.describe()}", file=sys.stderr, flush=True)
     if half.freq.mode == "emulated":
         print(f"[server] frequency caps are emulated ({half.freq.reason}); energy from {half.meter.source}",
               file=sys.stderr, flush=True)
@@ -125,7 +140,8 @@ async def _serve(half, args, limits, metrics) -> int:
     stop = on_termination()
     try:
         running = await start_server(half, args.listen, args.max_message_mb * 1024 * 1024, args.max_batch_size,
-                                     args.max_queue_delay_ms / 1e3, half.telemetry, metrics, limits)
+                                     args.max_queue_delay_ms / 1e3, half.telemetry, metrics, limits,
+                                     max_batch_tokens=args.max_batch_tokens)
     except OSError as exc:
         raise UsageError(str(exc)) from None
     host = args.listen.rpartition(":")[0]

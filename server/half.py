@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from coinfer.energy import EnergyReading, PowerModel, make_meter
+from coinfer.engines import Engine, check_engine, prepare_engine
 from coinfer.errors import UsageError
 from coinfer.frequency import FrequencyControl
 from coinfer.models import ModelSource
@@ -56,6 +57,7 @@ class HalfState:
     plan: ServerPlan
     part: ServerPart
     pruner: Pruner
+    engine: Engine | None = None  # what computes the part (coinfer.engines); None: the part itself
 
 
 class PlanChanged(Exception):
@@ -101,8 +103,9 @@ class ServerHalf:
     def __init__(self, src: ModelSource, split: int, rho: float = 1.0, method: str = "magnitude",
                  epoch: int = 0, device: str = "auto", max_freq_hz: float = DEFAULT_SERVER_MAX_FREQ_HZ,
                  power_model: PowerModel = DEFAULT_SERVER_POWER, dtype: str = "fp32", switch_grace_s: float = 0.0,
-                 emulate_frequency: bool = False):
+                 emulate_frequency: bool = False, engine: str = "eager"):
         self.src = src
+        self.engine_name = check_engine(engine)
         self.device = pick_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self._kind = "gpu" if self.device.type == "cuda" else "cpu"
@@ -133,7 +136,9 @@ class ServerHalf:
     def _build(self, plan: ServerPlan) -> HalfState:
         check_split(self.src, plan.split)
         part = ServerPart(self.src, plan.split).to(self.device, self.dtype)  # floating weights only
-        return HalfState(plan, part, Pruner.for_part(part, self.src, plan.rho, plan.method))
+        pruner = Pruner.for_part(part, self.src, plan.rho, plan.method)
+        # after the pruning: an onnxruntime engine exports the weights the part holds
+        return HalfState(plan, part, pruner, prepare_engine(part, self.engine_name, pruner))
 
     @property
     def pending_epoch(self) -> int | None:
@@ -159,6 +164,8 @@ class ServerHalf:
                          time.perf_counter() - started)
             else:
                 current.pruner.prepare(rho, method)  # the ranking now, so the swap only writes weights
+                if current.engine is not None:
+                    current.engine.prepare(rho, method)  # onnxruntime: the export too, so the swap only loads
             with self._pending_lock:
                 self._pending = (plan, fresh)
             if self.switch_grace_s > 0:
@@ -221,7 +228,9 @@ class ServerHalf:
                 if fresh is None:
                     current = self.state
                     current.pruner.apply(plan.rho, plan.method)  # masks are cached per (method, rho)
-                    fresh = HalfState(plan, current.part, current.pruner)
+                    if current.engine is not None:
+                        current.engine.refresh()  # the weights changed in place; an ONNX session holds a copy
+                    fresh = HalfState(plan, current.part, current.pruner, current.engine)
                 fresh.plan = plan
                 self.state = fresh
             self._pending = None
@@ -242,7 +251,7 @@ class ServerHalf:
             token = self.meter.begin()
             # hidden states in the half's dtype; token ids (k = 0) stay integers
             x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
-            out = state.part(x, attention_mask.to(self.device), generation)
+            out = (state.engine or state.part)(x, attention_mask.to(self.device), generation)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # host time is only right once the GPU is done
             busy = time.perf_counter() - started

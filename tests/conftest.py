@@ -7,6 +7,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
+# System test files that time something against a bound (a re-plan within 3 s, a connect within the
+# timeout, a paced byte rate, a plan's latency against none) or measure peaks: scripts/test runs them
+# alone, after the others, which it runs in parallel workers. A timing taken while another test holds
+# the cores would be a measure of that test.
+TIMED_FILES = {
+    "test_batching.py", "test_bench.py", "test_channel_cli.py", "test_channel_tc.py", "test_closed_loop.py",
+    "test_faults.py", "test_http.py", "test_hygiene.py", "test_plan_switch.py", "test_planner_defaults.py",
+    "test_security.py", "test_server_trust.py", "test_shutdown.py", "test_status.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.parent.name == "system" and item.path.name in TIMED_FILES:
+            item.add_marker(pytest.mark.serial)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def quality_cache(tmp_path_factory):

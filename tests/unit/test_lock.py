@@ -106,4 +106,4 @@ def test_env_script_installs_everything_with_the_lock_and_reinstalls_when_it_cha
     assert 'constraints=(-c "$LOCK")' in text
     assert installs and all('"${constraints[@]}"' in line for line in installs)
     assert '"$ROOT[all]"' in installs[-1]
-    assert project()["optional-dependencies"]["all"] == ["coinfer[planner,bench,test,lock]"]
+    assert project()["optional-dependencies"]["all"] == ["coinfer[planner,bench,test,lock,onnx]"]

@@ -56,7 +56,8 @@ def test_bart_encoder_split_matches_whole_model(tiny_bart, sentences):
     for k in range(tiny_bart.num_blocks + 1):
         hidden = DevicePart(tiny_bart, k)(ids, mask)
         got = EncoderSegment(tiny_bart, k, tiny_bart.num_blocks, with_embedding=k == 0)(hidden, mask)
-        assert (got - expected).abs().max().item() <= TOLERANCE, f"k={k}"
+        real = mask.bool()  # padded positions are never computed (coinfer.packing) and nothing reads them
+        assert (got[real] - expected[real]).abs().max().item() <= TOLERANCE, f"k={k}"
 
 
 def test_bart_generate_gives_the_same_tokens_split_and_whole(tiny_bart, sentences):

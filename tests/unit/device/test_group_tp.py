@@ -58,7 +58,9 @@ def test_minilm_shards_sum_to_the_single_device_half(minilm, sentences, heads, c
 def test_bart_encoder_shards_sum_to_the_single_device_half(tiny_bart, sentences):
     parts = [ShardedDevicePart(tiny_bart, 3, s) for s in shards([1, 0, 3], [50, 78, 0])]
     ids, mask = tokens(tiny_bart, sentences)
-    assert (run_shards(parts, ids, mask) - DevicePart(tiny_bart, 3)(ids, mask)).abs().max().item() <= 1e-5
+    diff = (run_shards(parts, ids, mask) - DevicePart(tiny_bart, 3)(ids, mask)).abs()
+    # real tokens only: the single device packs its batch, so its padded positions are zeros
+    assert diff[mask.bool()].max().item() <= 1e-5
 
 
 @settings(max_examples=25, deadline=None)
@@ -73,7 +75,8 @@ def test_any_assignment_sums_to_the_single_device_half(tiny_bert, data):
     ids = torch.randint(1000, 2000, (2, 7), generator=torch.Generator().manual_seed(n))
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0
-    assert (run_shards(parts, ids, mask) - DevicePart(tiny_bert, 2)(ids, mask)).abs().max().item() <= 1e-5
+    diff = (run_shards(parts, ids, mask) - DevicePart(tiny_bert, 2)(ids, mask)).abs()
+    assert diff[mask.bool()].max().item() <= 1e-5  # real tokens (padded ones: see above)
 
 
 def test_a_rank_holds_only_its_share_of_each_block(minilm):
