@@ -12,6 +12,7 @@ from coinfer.planner.frontier import Frontier
 from coinfer.planner.scenario import Scenario
 
 QOS_REL_TOL = 1e-4      # the contract: QoS met to this relative tolerance when re-evaluated
+ROUNDING_BACK_OFF = 1e-9  # a back-off factor this close to 1 is float rounding, not a limit to meet
 
 
 @dataclass
@@ -91,6 +92,10 @@ def back_off(scn: Scenario, x: Point, fixes) -> Point:
         lam = min(lam, (q.max_delay_s - (c.delay - var_t)) / var_t)
     if c.energy > q.max_energy_j and var_e > 0:
         lam = min(lam, (q.max_energy_j - (c.energy - var_e)) / var_e)
+    if lam > 1 - ROUNDING_BACK_OFF:
+        # an overshoot of float rounding (well within QOS_REL_TOL): shrinking by it would hand the nodes
+        # a ratio of 0.999999999999, which they must prepare a pruning for, and which prunes nothing
+        return x
     lam *= 1 - 1e-12
     rmin = scn.system.distortion.min_ratio
     return Point(max(rmin, x.rho_d * lam) if free_d else x.rho_d,
