@@ -137,3 +137,43 @@ def supported(config) -> bool:
     """Whether blocks of this model can compute packed: a family that passes kwargs to the attention
     interface, and sdpa attention (an eager or flash choice is left as it is)."""
     return config.model_type in PACKABLE_MODEL_TYPES and config._attn_implementation == "sdpa"
+
+
+# A padded engine's cost of one more call, in padded tokens: ONNX Runtime's MiniLM forward measured on
+# 2 cores, 1-32 rows x 16-48 tokens, fits 0.14 ms per padded token plus 4.6 ms per call (~32 tokens).
+RUN_COST_TOKENS = 32
+MAX_GROUP_ROWS = 64  # bounds the search: a group of more rows gains nothing more per token
+
+
+def length_groups(extents: list[int], run_cost_tokens: int = RUN_COST_TOKENS) -> list[list[int]]:
+    """For an engine that can only compute padded (ONNX Runtime's graph, traced on one padded layout):
+    the rows of a batch, by where their last real token sits (`extents`), split into groups of similar
+    extent, each to be computed padded to its own longest. The groups minimise rows x longest summed
+    over groups plus `run_cost_tokens` per group, over contiguous runs of the rows sorted by extent (the
+    optimum is one: exchanging rows across groups never shortens both). Rows keep their order within
+    a group."""
+    order = sorted(range(len(extents)), key=extents.__getitem__)
+    n = len(order)
+    if n <= 1:
+        return [order]
+    sizes = [extents[i] for i in order]
+    best = [0] + [None] * n  # best[i]: the cheapest grouping of the i shortest rows
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        for j in range(max(0, i - MAX_GROUP_ROWS), i):
+            cost = best[j] + (i - j) * sizes[i - 1] + run_cost_tokens
+            if best[i] is None or cost < best[i]:
+                best[i], cut[i] = cost, j
+    groups, i = [], n
+    while i > 0:
+        groups.append(sorted(order[cut[i]:i]))
+        i = cut[i]
+    return groups[::-1]
+
+
+def row_extents(attention_mask: torch.Tensor) -> list[int]:
+    """Per row of a [batch, seq] mask, one past its last real token (0 for a row with none): what a
+    row's padded slice must keep, wherever its padding sits."""
+    real = attention_mask.to(torch.bool)
+    positions = torch.arange(1, real.shape[1] + 1, device=real.device)
+    return (real * positions).amax(dim=1).tolist() if real.numel() else [0] * real.shape[0]

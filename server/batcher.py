@@ -156,35 +156,40 @@ class DynamicBatcher:
             batch, rows, longest = [first], first.rows, first.length
             deadline = first.enqueued + self.max_queue_delay_s
             while rows < self.max_batch_size and (rows + 1) * longest <= self.max_batch_tokens:
-                fitting = self._closest_fitting(first, rows, longest)
-                if fitting is not None:
-                    self._queue.remove(fitting)
-                    batch.append(fitting)
-                    rows += fitting.rows
-                    longest = max(longest, fitting.length)
-                    continue
+                added, rows, longest = self._add_fitting(first, batch, rows, longest)
+                if added:
+                    continue  # the limits may still leave room for requests that arrive meanwhile
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0 or self._stopped:
                     break
                 self._cond.wait(remaining)
             return batch
 
-    def _closest_fitting(self, first: _Item, rows: int, longest: int) -> _Item | None:
-        """The queued request compatible with `first` that fits both limits beside the batch so far
-        (`rows` sequences, `longest` tokens long), closest in length to `first`; the oldest on a tie.
-        The oldest request always leads the next batch, so one passed over here is never starved."""
-        best, best_gap = None, None
-        for item in self._queue:
-            if item.key() != first.key() or rows + item.rows > self.max_batch_size:
+    def _add_fitting(self, first: _Item, batch: list[_Item], rows: int, longest: int) -> tuple[bool, int, int]:
+        """Moves into `batch` the queued requests compatible with `first` that fit both limits beside it,
+        closest in length to `first` first (the oldest on a tie). One sorted pass does what choosing the
+        closest fitting request again and again would: a batch only grows, so a request that does not
+        fit now never fits later in the same batch. The oldest request always leads the next batch, so
+        one passed over here is never starved. Returns whether any was added, and the new rows and
+        longest length."""
+        key = first.key()
+        candidates = sorted((item for item in self._queue if item.key() == key),
+                            key=lambda item: abs(item.length - first.length))  # stable: the oldest on a tie
+        taken = []
+        for item in candidates:
+            if rows + item.rows > self.max_batch_size:
                 continue
             if (rows + item.rows) * max(longest, item.length) > self.max_batch_tokens:
                 continue
-            gap = abs(item.length - first.length)
-            if best is None or gap < best_gap:
-                best, best_gap = item, gap
-                if gap == 0:
-                    break
-        return best
+            taken.append(item)
+            rows, longest = rows + item.rows, max(longest, item.length)
+            if rows >= self.max_batch_size:
+                break
+        if taken:  # one rebuild of the queue, not a removal (a scan) per request taken
+            gone = set(map(id, taken))
+            self._queue = deque(item for item in self._queue if id(item) not in gone)
+            batch.extend(taken)
+        return bool(taken), rows, longest
 
     def _run(self) -> None:
         while True:

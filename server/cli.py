@@ -84,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
     security.current().check_exposure(args.listen, "--listen")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.max_batch_size < 1 or args.max_batch_tokens < 1 or args.max_queue_delay_ms < 0:
-        raise UsageError("--max-batch-size and --max-batch-tokens must be >= 1 and --max-queue-delay-ms >= 0")
-    for option in ("max_streams", "max_streams_per_connection", "max_queued"):
+    for option in ("max_batch_size", "max_batch_tokens", "max_streams", "max_streams_per_connection", "max_queued"):
         if getattr(args, option) < 1:
-            raise UsageError(f"--{option.replace('_', '-')} must be >= 1")
+            raise UsageError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    if args.max_queue_delay_ms < 0:
+        raise UsageError(f"--max-queue-delay-ms must be >= 0, got {args.max_queue_delay_ms:g}")
     limits = ServerLimits(args.max_streams, args.max_streams_per_connection, args.max_queued)
     check_ratio(args.rho, "--rho")
     check_method(args.prune_method)

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -111,16 +112,45 @@ def add_to_server(service: "CoInferenceService", server: grpc.aio.Server) -> Non
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
 
 
-def _settled(future: Future, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+class LoopCalls:
+    """Calls handed from other threads to one event loop, which is woken once per burst: a batch
+    answers many requests at once, and a wake-up per request (a write to the loop's self-pipe, then a
+    fight for the GIL with the thread that is about to start the next batch) took 6 % of the batcher
+    thread's time at 16 clients."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._calls: deque = deque()
+        self._lock = threading.Lock()
+        self._woken = False
+
+    def call_soon(self, fn, *args) -> None:
+        with self._lock:
+            self._calls.append((fn, args))
+            wake, self._woken = not self._woken, True
+        if wake:
+            self.loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            calls, self._calls, self._woken = self._calls, deque(), False
+        for fn, args in calls:
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - one failed call must not drop the rest of the burst
+                log.exception("a call handed to the event loop failed")
+
+
+def _settled(future: Future, calls: LoopCalls) -> asyncio.Future:
     """An asyncio future that completes (with None) when `future` does. Cancelling it leaves `future`
     alone: a reply may be shared with a retry of the same request."""
-    waiter = loop.create_future()
+    waiter = calls.loop.create_future()
 
     def wake() -> None:
         if not waiter.done():
             waiter.set_result(None)
 
-    future.add_done_callback(lambda _: loop.call_soon_threadsafe(wake))
+    future.add_done_callback(lambda _: calls.call_soon(wake))
     return waiter
 
 
@@ -148,6 +178,7 @@ class CoInferenceService:
         self._draining = False
         self._outboxes: set[asyncio.Queue] = set()  # each open stream's event queue
         self._pool = blocking_executor(decode_workers, "coinfer-decode")
+        self._calls: LoopCalls | None = None  # made on the event loop, at the first call
         half.src.fingerprint  # noqa: B018 - computed now (it reads every weight), not in the first Info
 
     def drain(self) -> None:
@@ -395,7 +426,7 @@ class CoInferenceService:
     async def Infer(self, received: Received, context: grpc.aio.ServicerContext) -> pb.InferReply:
         pending = await self._accept(received)
         try:
-            await _settled(pending.reply, asyncio.get_running_loop())
+            await _settled(pending.reply, self._loop_calls())
         except asyncio.CancelledError:  # the caller cancelled, or its deadline passed
             self._abandon(pending)
             raise
@@ -412,7 +443,7 @@ class CoInferenceService:
         """Requests of one stream may be in flight together (and batch together); replies go out as
         they complete, matched by request_id. At most `max_in_flight_per_stream` wait at once."""
         release = await self.streams.admit(context)
-        loop = asyncio.get_running_loop()
+        calls = self._loop_calls()
         outbox: asyncio.Queue = asyncio.Queue()
         slots = asyncio.Semaphore(self.max_in_flight_per_stream)
         in_flight: set[Pending] = set()
@@ -424,7 +455,7 @@ class CoInferenceService:
                     pending = await self._accept(received)
                     in_flight.add(pending)
                     pending.reply.add_done_callback(
-                        lambda _, p=pending: loop.call_soon_threadsafe(outbox.put_nowait, p))
+                        lambda _, p=pending: calls.call_soon(outbox.put_nowait, p))
             except grpc.RpcError:
                 pass  # the client went away; the stream's end abandons what is in flight
             finally:
@@ -456,6 +487,13 @@ class CoInferenceService:
                 self._abandon(pending)
             self._outboxes.discard(outbox)
             release()
+
+    def _loop_calls(self) -> LoopCalls:
+        """The LoopCalls of the running event loop (one per loop: a server runs on one)."""
+        loop = asyncio.get_running_loop()
+        if self._calls is None or self._calls.loop is not loop:
+            self._calls = LoopCalls(loop)
+        return self._calls
 
     async def Info(self, request, context) -> pb.ServerInfo:
         plan, src = self.half.plan, self.half.src

@@ -7,20 +7,34 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-# System test files that time something against a bound (a re-plan within 3 s, a connect within the
-# timeout, a paced byte rate, a plan's latency against none) or measure peaks: scripts/test runs them
-# alone, after the others, which it runs in parallel workers. A timing taken while another test holds
-# the cores would be a measure of that test.
-TIMED_FILES = {
-    "test_batching.py", "test_bench.py", "test_channel_cli.py", "test_channel_tc.py", "test_closed_loop.py",
-    "test_faults.py", "test_http.py", "test_hygiene.py", "test_plan_switch.py", "test_planner_defaults.py",
-    "test_security.py", "test_server_trust.py", "test_shutdown.py", "test_status.py",
+# System tests that time something against a bound (a re-plan within 3 s, a connect within the
+# timeout, a paced byte rate, a plan's latency against none, a SIGTERM's grace) or measure a process's
+# memory: scripts/test runs them alone, after the others, which it runs in parallel workers. A timing
+# taken while another test holds the cores would be a measure of that test. A file maps to ALL when
+# every test in it times something, else to the names of those that do; the others in it run in
+# parallel (a module fixture they share then starts once in each session).
+ALL = None
+TIMED_TESTS = {
+    "test_channel_cli.py": ALL, "test_channel_tc.py": ALL, "test_closed_loop.py": ALL, "test_faults.py": ALL,
+    "test_plan_switch.py": ALL, "test_planner_defaults.py": ALL, "test_shutdown.py": ALL,
+    "test_hygiene.py": {"test_timeout_bounds_connecting_when_nothing_listens",
+                        "test_timeout_bounds_connecting_to_a_blackholed_address",
+                        "test_unreachable_through_the_channel_emulator_points_at_its_upstream"},
+    "test_server_trust.py": {"test_idle_streams_hold_no_thread_health_info_and_infer_still_answer",
+                             "test_streams_beyond_the_limit_are_refused_not_hung",
+                             "test_amplifying_tensors_are_refused_before_allocation_and_memory_stays_flat",
+                             "test_requests_whose_callers_left_are_never_computed"},
+    "test_status.py": {"test_nothing_listening_is_a_clear_error_within_the_timeout",
+                       "test_blackholed_address_is_a_clear_error_within_the_timeout"},
 }
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.parent.name == "system" and item.path.name in TIMED_FILES:
+        if item.path.parent.name != "system" or item.path.name not in TIMED_TESTS:
+            continue
+        names = TIMED_TESTS[item.path.name]
+        if names is ALL or item.originalname in names:
             item.add_marker(pytest.mark.serial)
 
 

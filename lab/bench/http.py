@@ -13,41 +13,10 @@ import argparse
 import os
 import statistics
 import sys
-import threading
-import time
 
-from coinfer.lab.bench.common import print_report
+from coinfer.lab.bench.common import closed_loop, print_report
 
 TARGET_RATIO = 0.9
-
-
-def _cell(call, clients: int, batches: list[list[str]], duration_s: float) -> float:
-    """Sentences per second over `clients` threads each calling `call(batch)` until the time is up."""
-    done = [0] * clients
-    errors: list[BaseException] = []
-    deadline = time.perf_counter() + duration_s
-
-    def work(i: int) -> None:
-        n = i
-        try:
-            while time.perf_counter() < deadline:
-                batch = batches[n % len(batches)]
-                call(i, batch)
-                done[i] += len(batch)
-                n += clients
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return sum(done) / elapsed
 
 
 def run(model: str = "minilm", split: int = 3, clients=(1, 4, 16), batch: int = 8, duration_s: float = 3.0,
@@ -59,7 +28,6 @@ def run(model: str = "minilm", split: int = 3, clients=(1, 4, 16), batch: int = 
 
     quiet = open(os.devnull, "w")
     sentences = [f"sentence number {i} of the http benchmark" for i in range(batch * 64)]
-    batches = [sentences[i:i + batch] for i in range(0, len(sentences), batch)]
     with ServiceProcess(["server", "--model", model, "--split", str(split), "--listen", "127.0.0.1:0"],
                         "bench-server", stderr=quiet) as server, \
             ServiceProcess(["device", "--server", server.address, "--model", model, "--http", "127.0.0.1:0"],
@@ -75,15 +43,15 @@ def run(model: str = "minilm", split: int = 3, clients=(1, 4, 16), batch: int = 
         def via_grpc(_i, texts):
             direct.encode(texts, normalize_embeddings=True)
 
-        _cell(via_http, 1, batches, warmup_s)
-        _cell(via_grpc, 1, batches, warmup_s)
+        closed_loop(via_http, batch, 1, sentences, warmup_s)
+        closed_loop(via_grpc, batch, 1, sentences, warmup_s)
         cells = []
         for n in clients:
             http_runs, grpc_runs = [], []
             for r in range(rounds):
                 order = [("grpc", via_grpc, grpc_runs), ("http", via_http, http_runs)]
                 for _, call, runs in (order if r % 2 == 0 else order[::-1]):
-                    runs.append(_cell(call, n, batches, duration_s))
+                    runs.append(closed_loop(call, batch, n, sentences, duration_s)["sentences_per_s"])
             http_rate, grpc_rate = statistics.median(http_runs), statistics.median(grpc_runs)
             cells.append({"clients": n, "http_sentences_per_s": round(http_rate, 1),
                           "grpc_sentences_per_s": round(grpc_rate, 1), "ratio": round(http_rate / grpc_rate, 3),

@@ -43,7 +43,7 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-from coinfer.lab.bench.common import print_report, pyplot, save_figure
+from coinfer.lab.bench.common import closed_loop, print_report, pyplot, save_figure
 
 EQUAL_COSINE = 0.9999
 ST = "sentence-transformers"
@@ -84,64 +84,12 @@ def interleaved_order(systems: list[str], rounds: int) -> list[list[str]]:
     return [[systems[(r + i) % n] for i in range(n)] for r in range(rounds)] if n else [[] for _ in range(rounds)]
 
 
-def percentile(values, q: float) -> float:
-    """The q-th percentile (0..100), linear between order statistics (numpy's default)."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    pos = (len(xs) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def summarise_runs(runs: list[dict]) -> dict:
     """A cell's numbers for one system: the medians over its rounds (each run measured alone)."""
     med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
     return {"sentences_per_s": round(med("sentences_per_s"), 1), "p50_ms": round(med("p50_ms"), 1),
             "p99_ms": round(med("p99_ms"), 1), "requests": sum(r["requests"] for r in runs),
             "runs_sentences_per_s": [round(r["sentences_per_s"], 1) for r in runs]}
-
-
-def measure(encode, batch: int, clients: int, sentences: list[str], duration_s: float, min_requests: int = 1) -> dict:
-    """`clients` threads, each calling encode(client, texts) with `batch` sentences back to back until
-    duration_s has passed (and at least min_requests times): sentences/s over the whole run (from the
-    common start to the last answer) and the request latency percentiles."""
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    done = [0] * clients
-    errors: list[BaseException] = []
-    start = threading.Barrier(clients + 1)
-    stop_at = [0.0]
-
-    def work(i: int) -> None:
-        n = i  # clients start at different places in the list, so concurrent requests differ
-        start.wait()
-        try:
-            while len(latencies[i]) < min_requests or time.perf_counter() < stop_at[0]:
-                at = (n * batch) % len(sentences)
-                texts = (sentences + sentences)[at:at + batch]
-                began = time.perf_counter()
-                encode(i, texts)
-                latencies[i].append(time.perf_counter() - began)
-                done[i] += len(texts)
-                n += clients
-        except BaseException as exc:  # reported below, never silently dropped
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(clients)]
-    for t in threads:
-        t.start()
-    started = time.perf_counter()
-    stop_at[0] = started + duration_s
-    start.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    flat = [x * 1e3 for lat in latencies for x in lat]
-    return {"sentences_per_s": sum(done) / elapsed, "p50_ms": percentile(flat, 50), "p99_ms": percentile(flat, 99),
-            "requests": len(flat)}
 
 
 # --- the systems ------------------------------------------------------------------------------
@@ -428,7 +376,7 @@ def run(model: str = "minilm", batches=(1, 8), clients=(1, 4, 16), splits=(0, 3)
                 if isinstance(systems[name], CoinferSystem):
                     systems[name].clients(n)
                 # warm this shape and thread count (not timed)
-                measure(systems[name].encode, batch, n, sentences, 0.0, min_requests=2)
+                closed_loop(systems[name].encode, batch, n, sentences, 0.0, min_requests=2)
             runs = {name: [] for name in names}
             counted: dict[str, dict] = {name: {} for name in names}  # batch histograms, summed over rounds
             for order in interleaved_order(names, rounds):
@@ -436,7 +384,7 @@ def run(model: str = "minilm", batches=(1, 8), clients=(1, 4, 16), splits=(0, 3)
                     system = systems[name]
                     counting = isinstance(system, CoinferSystem)
                     before = system.counters() if counting else {}
-                    runs[name].append(measure(system.encode, batch, n, sentences, duration_s))
+                    runs[name].append(closed_loop(system.encode, batch, n, sentences, duration_s))
                     if counting:
                         for key, value in system.counters().items():
                             counted[name][key] = counted[name].get(key, 0.0) + value - before.get(key, 0.0)

@@ -14,6 +14,8 @@ from coinfer.server.batcher import BatchItemError, DynamicBatcher
 from coinfer.server.half import ServerHalf
 from coinfer.split import GenerationOptions
 
+from batching import batch_then_compare
+
 SPLIT = 2
 TEXTS = [f"request number {i} asks about {topic}" for i, topic in enumerate(
     ["rain", "trains", "bread", "cats", "radio links", "pruning", "servers", "energy and power at the edge"])]
@@ -100,21 +102,12 @@ def half(minilm):
 
 
 def test_batched_rows_equal_unbatched_rows(half, minilm):
-    batcher = DynamicBatcher(half, max_batch_size=8, max_queue_delay_s=0.2)
-    try:
-        inputs = [(torch.randn(b, s, minilm.hidden_size), torch.ones(b, s, dtype=torch.long))
-                  for b, s in [(1, 3), (2, 9), (1, 5), (3, 4)]]
-        for x, mask in inputs:
-            mask[0, -1] = 0 if mask.shape[1] > 3 else 1  # some requests carry their own padding
-        futures = [batcher.submit(half.state, x, mask, GenerationOptions()) for x, mask in inputs]
-        results = [f.result(60) for f in futures]
-    finally:
-        batcher.stop()
+    inputs = [(torch.randn(b, s, minilm.hidden_size), torch.ones(b, s, dtype=torch.long))
+              for b, s in [(1, 3), (2, 9), (1, 5), (3, 4)]]
+    for x, mask in inputs:
+        mask[0, -1] = 0 if mask.shape[1] > 3 else 1  # some requests carry their own padding
+    results = batch_then_compare(half, inputs, max_batch_size=8, max_queue_delay_s=0.2)
     assert {r.batch_size for r in results} == {4}
-    for (x, mask), result in zip(inputs, results):
-        alone, _, _, _ = half.run(half.state, x, mask, GenerationOptions())
-        assert result.output.shape == alone.shape
-        assert (result.output - alone).abs().max().item() <= 1e-5
 
 
 def test_a_batch_never_exceeds_the_size_limit(half, minilm):

@@ -50,3 +50,16 @@ def test_missing_onnxruntime_fails_at_start(command, env, tmp_path):
                            *args], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "pip install 'coinfer[onnx]'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("flag, value, others", [
+    ("--max-batch-size", "0", ["--max-batch-tokens", "--max-queue-delay-ms"]),
+    ("--max-batch-tokens", "0", ["--max-batch-size", "--max-queue-delay-ms"]),
+    ("--max-queue-delay-ms", "-1", ["--max-batch-size", "--max-batch-tokens"]),
+])
+def test_a_bad_batching_flag_is_named_alone(flag, value, others, env):
+    done = subprocess.run([sys.executable, "-m", "coinfer", "server", "--model", MODEL, "--listen", "127.0.0.1:0",
+                           flag, value], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert flag in done.stderr and value in done.stderr and "Traceback" not in done.stderr
+    assert not any(other in done.stderr for other in others), done.stderr

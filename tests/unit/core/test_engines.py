@@ -249,3 +249,28 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert engines.onnx_cache_dir() == type(tmp_path).home() / ".cache" / "coinfer" / "onnx"
     assert os.environ.get("COINFER_ONNX_CACHE") is None
+
+
+def test_onnxruntime_groups_rows_by_length_and_each_answer_equals_the_row_alone(tiny_bert):
+    """A merged batch of random lengths 1..512, some left-padded: the ORT engine computes it in groups
+    of similar length (more than one run), and every pooled answer equals that sequence computed alone."""
+    generator = torch.Generator().manual_seed(19)
+    lengths = [1, 512, 3, 40, 41, 300, 7, 128] + torch.randint(1, 513, (8,), generator=generator).tolist()
+    ids = torch.randint(1000, 2000, (len(lengths), 512), generator=generator)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        if row % 5 == 4:
+            mask[row, 512 - n:] = 1  # left padding: the row's extent is the whole width
+        else:
+            mask[row, :n] = 1
+    part = ServerPart(tiny_bert, 0)
+    engine = prepare_engine(part, "onnxruntime")
+    runs = []
+    real_run = engine._run
+    engine._run = lambda x, m: runs.append(tuple(x.shape)) or real_run(x, m)
+    out = engine(ids, mask)
+    assert len(runs) > 1 and all(shape[1] < 512 for shape in runs[:1]), runs  # grouped, short rows cut short
+    assert sum(shape[0] for shape in runs) == len(lengths)
+    for row in range(len(lengths)):
+        alone = part(ids[row:row + 1], mask[row:row + 1])
+        assert (out[row:row + 1] - alone).abs().max().item() <= 1e-5, (row, lengths[row])

@@ -207,3 +207,32 @@ def test_packing_layout():
     assert packed.shape == (1, 6, 2)
     back = plan.unpack(packed)
     assert torch.equal(back[mask.bool()], hidden[mask.bool()]) and back[~mask.bool()].abs().sum() == 0
+
+
+def test_length_groups_cover_every_row_once_and_cut_padding():
+    from hypothesis import given, settings, strategies as st
+
+    from coinfer.packing import RUN_COST_TOKENS, length_groups
+
+    def padded(groups, extents):
+        return sum(len(g) * max(extents[i] for i in g) + RUN_COST_TOKENS for g in groups)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(0, 512), min_size=1, max_size=130))
+    def check(extents):
+        groups = length_groups(extents)
+        assert sorted(i for g in groups for i in g) == list(range(len(extents)))  # each row exactly once
+        assert all(g == sorted(g) for g in groups)  # rows keep their order within a group
+        assert padded(groups, extents) <= padded([list(range(len(extents)))], extents)  # never worse than one run
+
+    check()
+    assert length_groups([20] * 10) == [list(range(10))]  # one length: one group
+    assert length_groups([5, 300, 6, 290]) == [[0, 2], [1, 3]]  # far apart: two
+    assert length_groups([]) == [[]]
+
+
+def test_row_extents_keep_every_real_token():
+    from coinfer.packing import row_extents
+
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    assert row_extents(mask) == [2, 3, 0, 4]

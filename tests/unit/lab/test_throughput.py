@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from coinfer.lab.bench import suite, throughput as tp
+from coinfer.lab.bench import common, suite, throughput as tp
 
 
 def test_cells_are_every_batch_with_every_client_count_batch_major():
@@ -35,8 +35,8 @@ def test_percentile_matches_numpy_linear_interpolation():
     for n in (1, 2, 7, 100):
         xs = [rng.uniform(0, 50) for _ in range(n)]
         for q in (0, 1, 50, 90, 99, 100):
-            assert tp.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)), rel=1e-12, abs=1e-12)
-    assert np.isnan(tp.percentile([], 50))
+            assert common.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)), rel=1e-12, abs=1e-12)
+    assert np.isnan(common.percentile([], 50))
 
 
 def test_a_cell_reports_the_median_over_rounds_and_all_requests():
@@ -63,7 +63,7 @@ def test_measure_counts_every_clients_sentences_and_latencies():
             calls.setdefault(client, []).append(list(texts))
 
     sentences = tp.make_sentences(20)
-    result = tp.measure(encode, 3, 4, sentences, 0.15)
+    result = common.closed_loop(encode, 3, 4, sentences, 0.15)
     assert sorted(calls) == [0, 1, 2, 3]
     sent = sum(len(t) for c in calls.values() for t in c)
     assert result["requests"] == sum(len(c) for c in calls.values())
@@ -73,7 +73,7 @@ def test_measure_counts_every_clients_sentences_and_latencies():
     assert calls[0][0] != calls[1][0]  # clients start at different places
     # a warm-up: no time, but every client answers min_requests times
     calls.clear()
-    tp.measure(encode, 1, 3, sentences, 0.0, min_requests=2)
+    common.closed_loop(encode, 1, 3, sentences, 0.0, min_requests=2)
     assert {c: len(v) for c, v in calls.items()} == {0: 2, 1: 2, 2: 2}
 
 
@@ -83,7 +83,7 @@ def test_measure_raises_what_a_client_raised():
             raise RuntimeError("server gone")
 
     with pytest.raises(RuntimeError, match="server gone"):
-        tp.measure(encode, 1, 2, ["x"], 0.05)
+        common.closed_loop(encode, 1, 2, ["x"], 0.05)
 
 
 def test_batch_counters_from_a_prometheus_page():

@@ -11,6 +11,8 @@ import torch
 from coinfer.server.batcher import DEFAULT_MAX_BATCH_SIZE, DynamicBatcher
 from coinfer.split import OUTPUT_SENTENCE_EMBEDDING, GenerationOptions
 
+from batching import batch_then_compare
+
 HIDDEN = 4
 
 
@@ -185,13 +187,5 @@ def test_merged_rows_of_mixed_lengths_equal_each_request_alone(token_half, minil
                  "Another one, and this one goes on for a good while longer than the others do, "
                  "with clauses, commas and a few more words about batching, padding and packing."]
     requests = [minilm.tokenize([s]) for s in sentences] + [minilm.tokenize(sentences[:2])]
-    batcher = DynamicBatcher(token_half, max_queue_delay_s=0.3)
-    try:
-        futures = [batcher.submit(token_half.state, ids, mask, GenerationOptions()) for ids, mask in requests]
-        results = [f.result(60) for f in futures]
-    finally:
-        batcher.stop()
+    results = batch_then_compare(token_half, requests, max_queue_delay_s=0.3)
     assert {r.batch_size for r in results} == {4}
-    for (ids, mask), result in zip(requests, results):
-        alone, _, _, _ = token_half.run(token_half.state, ids, mask, GenerationOptions())
-        assert (result.output - alone).abs().max().item() <= 1e-5
