@@ -12,6 +12,7 @@ server's memory).
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -22,35 +23,82 @@ class ReplyConflict(Exception):
     """The key is in use by a request with other contents."""
 
 
+def _fastest_digest():
+    """sha256 or blake2b (both collision-resistant; 16 bytes kept), whichever hashes faster here:
+    sha256 with the CPU's SHA instructions is 2.6x blake2b (0.9 against 2.3 ms for 1.6 MB on an AMD
+    EPYC), and slower than it without them. Timed once, on 256 KiB."""
+    sample = bytes(256 * 1024)
+    candidates = {"sha256": lambda data: hashlib.sha256(data).digest()[:16],
+                  "blake2b": lambda data: hashlib.blake2b(data, digest_size=16).digest()}
+    timings = {}
+    for name, digest in candidates.items():
+        digest(sample)  # warm
+        started = time.perf_counter()
+        for _ in range(3):
+            digest(sample)
+        timings[name] = time.perf_counter() - started
+    return candidates[min(timings, key=timings.get)]
+
+
+_digest_bytes = _fastest_digest()  # once per process (~5 ms): every digest it compares must be one kind
+
+
+class Digest:
+    """A digest of a request's bytes, computed at most once, when first asked for. The server asks for
+    it after the request is queued, so that hashing a large request (0.9-2.3 ms for 1.6 MB) runs
+    beside its forward instead of before it, and never on the event loop; a repeat of the key asks
+    sooner. The bytes are dropped once hashed."""
+
+    __slots__ = ("_data", "_value", "_lock")
+
+    def __init__(self, data: bytes):
+        self._data: bytes | None = data
+        self._value: bytes | None = None
+        self._lock = threading.Lock()
+
+    def value(self) -> bytes:
+        with self._lock:  # hashlib releases the GIL on large inputs: two threads may ask at once
+            if self._value is None:
+                self._value = _digest_bytes(self._data)
+                self._data = None
+            return self._value
+
+
 class ReplyCache:
     def __init__(self, ttl_s: float = 60.0, max_entries: int = 10_000):
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         # key -> (expiry, digest of the request, the future while it is computed, then its result)
-        self._entries: OrderedDict[tuple[str, int], tuple[float, bytes, object]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int], tuple[float, Digest, object]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
 
-    def claim(self, key: tuple[str, int], digest: bytes) -> tuple[Future, bool]:
+    def claim(self, key: tuple[str, int], digest: Digest) -> tuple[Future, bool]:
         """(the reply's future, True if the caller must compute it; False: join or reuse it).
         ReplyConflict if `key` belongs to a request whose bytes differ."""
-        now = time.monotonic()
-        with self._lock:
-            self._expire(now)
-            entry = self._entries.get(key)
-            if entry is not None:
-                if entry[1] != digest:
-                    raise ReplyConflict(key)
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                self._expire(now)
+                entry = self._entries.get(key)
+                if entry is None:
+                    future: Future = Future()
+                    self._entries[key] = (now + self.ttl_s, digest, future)
+                    while len(self._entries) > self.max_entries:
+                        self._entries.popitem(last=False)
+                    break
+            # a repeat: the digests are compared outside the lock (hashing may take milliseconds)
+            if entry[1].value() != digest.value():
+                raise ReplyConflict(key)
+            with self._lock:
+                if self._entries.get(key) is not entry:
+                    continue  # settled, released or expired meanwhile: look again
                 self.hits += 1
                 if isinstance(entry[2], Future):
                     return entry[2], False
                 answered: Future = Future()
                 answered.set_result(entry[2])
                 return answered, False
-            future: Future = Future()
-            self._entries[key] = (now + self.ttl_s, digest, future)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
         future.add_done_callback(lambda done: self._settle(key, done))  # outside the lock: it takes it
         return future, True
 

@@ -11,7 +11,6 @@ never computed.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ from coinfer.protos import coinfer_pb2 as pb
 from coinfer.rpc import DEFAULT_MAX_MESSAGE_BYTES, EPOCH_METADATA
 from coinfer.server.batcher import BatchItemError, DynamicBatcher
 from coinfer.server.half import ServerHalf
-from coinfer.server.replies import ReplyCache, ReplyConflict
+from coinfer.server.replies import Digest, ReplyCache, ReplyConflict
 from coinfer.serving import StreamLimits, blocking_executor
 from coinfer.split import GenerationOptions
 
@@ -63,7 +62,7 @@ class Received:
     """What arrived: the parsed request (None if the bytes were no InferRequest, with `error` saying
     why) and a digest of its bytes, which the reply cache checks a repeated request_id against."""
     request: pb.InferRequest | None
-    digest: bytes
+    digest: Digest
     error: str = ""
 
     @property
@@ -74,7 +73,7 @@ class Received:
 def parse_request(data: bytes) -> Received:
     """The service parses requests itself: gRPC's own deserialiser answers INTERNAL and, on a stream,
     ends the stream and every request in flight on it."""
-    digest = hashlib.blake2b(data, digest_size=16).digest()
+    digest = Digest(data)  # hashed once the request is queued (see _start)
     try:
         return Received(pb.InferRequest.FromString(data), digest)
     except DecodeError as exc:
@@ -382,6 +381,8 @@ class CoInferenceService:
                 exc = RequestError(grpc.StatusCode.INTERNAL, f"request: the server failed: {exc!r}")
             reply.set_exception(exc)
             return Pending(request_id, reply)
+
+        received.digest.value()  # now, beside the forward; a later repeat of the key compares against it
 
         def finish(done: Future) -> None:
             self._unqueue()
