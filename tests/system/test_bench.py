@@ -40,3 +40,20 @@ def test_hardware_report_names_what_is_missing():
     machine = json.loads(out.stdout)
     for probe in ("nvml", "rapl", "cpufreq", "cuda"):
         assert machine[probe]["available"] or machine[probe]["reason"]
+
+
+def test_quick_throughput_section_runs_every_system_end_to_end(tmp_path):
+    """The opt-in throughput section, in its --quick form: real coinfer servers at k = 0 and 3, the
+    peers in this process, every answer compared before timing, one cell per batch x clients."""
+    out = subprocess.run([sys.executable, "-m", "coinfer", "bench", "--quick", "--only", "throughput",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    section = json.loads((tmp_path / "bench.json").read_text())["sections"]["throughput"]
+    assert "error" not in section, section.get("traceback")
+    assert section["equality"]["all_equal"], section["equality"]
+    assert {"coinfer k=0 eager", "coinfer k=3 eager", "sentence-transformers"} <= set(section["systems"])
+    assert [(c["batch"], c["clients"]) for c in section["cells"]] == [(1, 1), (1, 4), (8, 1), (8, 4)]
+    for cell in section["cells"]:
+        for name, numbers in cell["systems"].items():
+            assert numbers["sentences_per_s"] > 0 and numbers["requests"] >= 1, (cell["batch"], cell["clients"], name)
+    assert (tmp_path / section["plot"]).stat().st_size > 1000
