@@ -204,9 +204,9 @@ class _EncoderEngine(Engine):
         pooled outputs ([batch, dim]), which do not depend on the padding around a row."""
         extents = row_extents(attention_mask)
         groups = length_groups(extents)
-        if len(groups) == 1:
+        if len(groups) == 1:  # every row in one group: cut the padding (a view), gather nothing
             keep = max(1, max(extents, default=1))
-            return self._run(x[:, :keep], attention_mask[:, :keep]) if keep < x.shape[1] else self._run(x, attention_mask)
+            return self._run(x[:, :keep], attention_mask[:, :keep])
         out = None
         for rows in groups:
             keep = max(1, max(extents[i] for i in rows))

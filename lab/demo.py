@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from coinfer.lab.bench.common import percentile
 from coinfer.options import add_model_arguments
 from coinfer.samples import SENTENCES
 
@@ -52,12 +53,6 @@ def register(subparsers) -> None:
                               "other defaults)")
     channel.add_argument("--delay-ms", type=float, default=2.0, help="one-way propagation delay (default: %(default)g)")
     parser.set_defaults(func=run)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,16 +140,16 @@ def run(args: argparse.Namespace) -> int:
         "model": src.name, "split": args.split, "rho_device": rho_device, "rho_server": rho_server,
         "prune_method": args.prune_method, "codec": args.codec, "requests": len(rows), "ok": ok,
         "max_abs_diff_vs_monolithic": max_diff,
-        "latency_ms": {"p50": _percentile(latencies, 50), "p99": _percentile(latencies, 99),
+        "latency_ms": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
                        "mean": sum(latencies) / len(latencies)},
         "bytes_sent": sum(r.bytes_sent for _, r, _, _ in rows),
-        "device_compute_ms_p50": _percentile([r.device_compute_s * 1e3 for _, r, _, _ in rows], 50),
-        "transfer_ms_p50": _percentile([r.transfer_s * 1e3 for _, r, _, _ in rows], 50),
-        "server_compute_ms_p50": _percentile([r.server_compute_s * 1e3 for _, r, _, _ in rows], 50),
+        "device_compute_ms_p50": percentile([r.device_compute_s * 1e3 for _, r, _, _ in rows], 50),
+        "transfer_ms_p50": percentile([r.transfer_s * 1e3 for _, r, _, _ in rows], 50),
+        "server_compute_ms_p50": percentile([r.server_compute_s * 1e3 for _, r, _, _ in rows], 50),
         "channel": None if channel is None else {
             "rate_bps": rate_bps, "delay_s": delay_s, "bandwidth_hz": args.bandwidth_hz,
             "tx_power_w": args.tx_power_w, "gain_db": args.gain_db,
-            "predicted_transfer_ms_p50": _percentile([p * 1e3 for _, _, _, p in rows], 50)},
+            "predicted_transfer_ms_p50": percentile([p * 1e3 for _, _, _, p in rows], 50)},
     }
     if args.json:
         print(json.dumps(summary))

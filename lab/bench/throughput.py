@@ -216,6 +216,7 @@ class CoinferSystem:
         self.pool = []
         self.start_s = None  # seconds from launch to its first answers
         self.warm_request_ms = None
+        self.bare_rpc_ms = None
         self._grow = threading.Lock()
 
     def clients(self, n: int, timeout_s: float = 180.0) -> None:
@@ -229,6 +230,21 @@ class CoinferSystem:
 
     def encode(self, client: int, texts: list[str]):
         return self.pool[client].encode(texts, batch_size=len(texts), normalize_embeddings=True)
+
+    def measure_bare_rpc_ms(self, calls: int = 200) -> float:
+        """Median round trip of the server's `Info` call (no tensors, no compute): the least a request
+        pays for crossing into the server process on this machine."""
+        from coinfer.device.client import InferenceClient
+
+        with InferenceClient(self.server.address) as client:
+            client.info()  # connect
+            times = []
+            for _ in range(calls):
+                began = time.perf_counter()
+                client.info()
+                times.append(time.perf_counter() - began)
+        self.bare_rpc_ms = round(statistics.median(times) * 1e3, 3)
+        return self.bare_rpc_ms
 
     def counters(self) -> dict[str, float]:
         """The server's batch and latency histograms' _sum and _count (Prometheus text format)."""
@@ -358,6 +374,7 @@ def run(model: str = "minilm", batches=(1, 8), clients=(1, 4, 16), splits=(0, 3)
                     skipped[name] = f"{type(exc).__name__}: {exc}"
                     continue
                 system.start_s = round(time.perf_counter() - started, 1)
+                system.measure_bare_rpc_ms()
                 systems[name] = system
         for name, system in systems.items():
             if name != ST:
@@ -406,7 +423,7 @@ def run(model: str = "minilm", batches=(1, 8), clients=(1, 4, 16), splits=(0, 3)
                 progress(f"batch={batch} clients={n}")
         info = {name: {"server_flags": (["--engine", s.engine] if s.engine and offered is not None else [])
                        + list(server_args), "device_engine": s.device_engine, "start_s": s.start_s,
-                       "warm_request_ms": s.warm_request_ms}
+                       "warm_request_ms": s.warm_request_ms, "bare_rpc_ms": s.bare_rpc_ms}
                 for name, s in systems.items() if isinstance(s, CoinferSystem)}
     finally:
         for system in systems.values():
@@ -430,6 +447,7 @@ def run(model: str = "minilm", batches=(1, 8), clients=(1, 4, 16), splits=(0, 3)
               "versions": {"sentence_transformers": _version("sentence_transformers"), "torch": _version("torch")},
               "cells": cells}
     result.update(compare(cells))
+    result["transport_floor"] = transport_floor(cells, info)
     if out_dir is not None and cells:
         result["plot"] = plot(cells, names, out_dir, src.name)
     if json_line:
@@ -460,6 +478,23 @@ def compare(cells: list[dict]) -> dict:
                if v is not None]
     out["meets_target"] = bool(present) and all(v >= 1.0 for v in present) and len(present) == 2
     return out
+
+
+def transport_floor(cells: list[dict], info: dict) -> dict | None:
+    """What crossing a process costs at one client: the fastest bare round trip to a k = 0 server, and
+    for each one-client cell the best throughput ratio to in-process ONNX Runtime that any server could
+    reach if its forward were exactly as fast and everything but that round trip were free:
+    ort_ms / (ort_ms + bare_rpc_ms), with ort_ms the in-process median latency."""
+    floors = [row["bare_rpc_ms"] for name, row in info.items() if name.startswith("coinfer k=0 ") and row.get("bare_rpc_ms")]
+    if not floors:
+        return None
+    floor = min(floors)
+    ceilings = {}
+    for cell in cells:
+        ort = cell["systems"].get(ORT)
+        if cell["clients"] == 1 and ort is not None:
+            ceilings[f"{cell['batch']}x1"] = round(ort["p50_ms"] / (ort["p50_ms"] + floor), 3)
+    return {"bare_rpc_ms": floor, "one_client_ratio_ceiling": ceilings}
 
 
 def format_cell(cell: dict) -> str:

@@ -57,3 +57,8 @@ def test_quick_throughput_section_runs_every_system_end_to_end(tmp_path):
         for name, numbers in cell["systems"].items():
             assert numbers["sentences_per_s"] > 0 and numbers["requests"] >= 1, (cell["batch"], cell["clients"], name)
     assert (tmp_path / section["plot"]).stat().st_size > 1000
+    # the bare round trip to each server was measured, and bounds what one client can reach
+    assert all(row["bare_rpc_ms"] > 0 for row in section["coinfer"].values()), section["coinfer"]
+    if "onnxruntime" in section["systems"]:
+        ceilings = section["transport_floor"]["one_client_ratio_ceiling"]
+        assert set(ceilings) == {"1x1", "8x1"} and all(0 < c < 1 for c in ceilings.values()), ceilings

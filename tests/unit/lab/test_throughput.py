@@ -132,6 +132,16 @@ def test_comparison_takes_coinfer_k0s_best_engine_per_cell():
     assert tp.compare([])["meets_target"] is False  # nothing measured meets nothing
 
 
+def test_transport_floor_bounds_one_client_cells_by_the_fastest_bare_round_trip():
+    cells = [{"batch": b, "clients": c, "systems": {"onnxruntime": {"p50_ms": 4.0 * b, "sentences_per_s": 1.0}}}
+             for b, c in ((1, 1), (1, 4), (8, 1))]
+    info = {"coinfer k=0 onnxruntime": {"bare_rpc_ms": 1.0}, "coinfer k=0 eager": {"bare_rpc_ms": 2.0},
+            "coinfer k=3 eager": {"bare_rpc_ms": 0.1}}  # only k = 0 servers answer what k = 0 pays
+    out = tp.transport_floor(cells, info)
+    assert out == {"bare_rpc_ms": 1.0, "one_client_ratio_ceiling": {"1x1": 0.8, "8x1": round(32 / 33, 3)}}
+    assert tp.transport_floor(cells, {"coinfer k=3 eager": {"bare_rpc_ms": 0.1}}) is None
+
+
 def test_plot_and_cell_line(tmp_path):
     cells = [{"batch": b, "clients": c, "systems": {
         "onnxruntime": {"sentences_per_s": 10.0 * c, "p50_ms": 5.0, "p99_ms": 9.0},
