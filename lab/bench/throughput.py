@@ -21,6 +21,9 @@ Each coinfer server exposes Prometheus /metrics, read before and after each run:
 histogram gives the mean number of requests computed together (did batching merge requests?), its
 latency histogram the server's own mean queue + compute time per request (the rest of a request's
 latency is the client and the wire).
+Each coinfer server's bare round trip (its `Info` call: no tensor, no compute) is timed once after it
+starts; `transport_floor` turns the fastest k = 0 one into the best ratio to in-process ONNX Runtime
+any server could reach at one client.
 
 Engines come from `coinfer server --help`: when it has `--engine`, each choice it lists is tried
 (onnxruntime only when importable here; compile only if the server starts and answers its first
