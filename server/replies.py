@@ -32,7 +32,7 @@ def _fastest_digest():
     candidates = {"sha256": lambda data: hashlib.sha256(data).digest()[:16],
                   "blake2b": lambda data: hashlib.blake2b(data, digest_size=16).digest()}
     best = dict.fromkeys(candidates, float("inf"))
-    for name, digest in candidates.items():
+    for digest in candidates.values():
         digest(sample)  # warm
     for _ in range(5):
         for name, digest in candidates.items():
@@ -42,7 +42,7 @@ def _fastest_digest():
     return candidates[min(best, key=best.get)]
 
 
-_digest_bytes = _fastest_digest()  # once per process (~5 ms): every digest it compares must be one kind
+_digest_bytes = _fastest_digest()  # once per process (a few ms): every digest it compares must be one kind
 
 
 class Digest:

@@ -46,7 +46,7 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-from coinfer.lab.bench.common import closed_loop, print_report, pyplot, save_figure
+from coinfer.lab.bench.common import closed_loop, median_time, print_report, pyplot, save_figure
 
 EQUAL_COSINE = 0.9999
 ST = "sentence-transformers"
@@ -239,14 +239,8 @@ class CoinferSystem:
         pays for crossing into the server process on this machine."""
         from coinfer.device.client import InferenceClient
 
-        with InferenceClient(self.server.address) as client:
-            client.info()  # connect
-            times = []
-            for _ in range(calls):
-                began = time.perf_counter()
-                client.info()
-                times.append(time.perf_counter() - began)
-        self.bare_rpc_ms = round(statistics.median(times) * 1e3, 3)
+        with InferenceClient(self.server.address) as client:  # the warm-up call connects
+            self.bare_rpc_ms = round(median_time(client.info, calls) * 1e3, 3)
         return self.bare_rpc_ms
 
     def counters(self) -> dict[str, float]:
@@ -488,7 +482,8 @@ def transport_floor(cells: list[dict], info: dict) -> dict | None:
     for each one-client cell the best throughput ratio to in-process ONNX Runtime that any server could
     reach if its forward were exactly as fast and everything but that round trip were free:
     ort_ms / (ort_ms + bare_rpc_ms), with ort_ms the in-process median latency."""
-    floors = [row["bare_rpc_ms"] for name, row in info.items() if name.startswith("coinfer k=0 ") and row.get("bare_rpc_ms")]
+    floors = [row["bare_rpc_ms"] for name, row in info.items()
+              if name.startswith("coinfer k=0 ") and row.get("bare_rpc_ms")]
     if not floors:
         return None
     floor = min(floors)
